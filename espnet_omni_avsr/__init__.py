@@ -1,0 +1,1 @@
+"""LLM-based audio-visual speech recognition as an ESPnet plugin."""

@@ -1,0 +1,140 @@
+"""The LLM decoder: any Hugging Face causal LM loaded from a local folder, frozen, with LoRA.
+
+The four modality delimiters get their own small trainable embedding table instead of new rows in
+the LLM's (frozen) vocabulary; the LM head is never asked to produce them. Padding positions embed
+to zeros (they are masked out anyway).
+"""
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer, special_tokens
+from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFCausalLMDecoder(torch.nn.Module):
+    """A frozen `AutoModelForCausalLM` (Llama, Qwen2, SmolLM2, ...) that reads `inputs_embeds`.
+
+    Args:
+        model_dir: local Hugging Face folder (config.json, weights, tokenizer files). Nothing is
+            fetched from a hub and `trust_remote_code` stays off.
+        lora: the LoRA strategy to put on the LLM (None: no adapters).
+        frozen: freeze the LLM's own weights (the papers' setting).
+        dtype: "float32", "bfloat16" or "float16" for the LLM's weights.
+        attn_implementation: passed to transformers ("sdpa", "eager", "flash_attention_2").
+        gradient_checkpointing: trade compute for memory on large LLMs.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        lora: Optional[SharedLoRA] = None,
+        frozen: bool = True,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise FileNotFoundError(
+                f"LLM folder {model_dir!r} has no config.json: give a local Hugging Face model folder "
+                "(for the offline SmolLM2-135M run `python -m espnet_omni_avsr.bin.prepare_pretrained`)"
+            )
+        self.model_dir = model_dir
+        self.tokenizer = load_llm_tokenizer(model_dir)
+        llm = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            local_files_only=True,
+            trust_remote_code=False,
+            dtype=_DTYPES[dtype],
+            attn_implementation=attn_implementation,
+        )
+        if frozen:
+            llm.requires_grad_(False)
+        if gradient_checkpointing:
+            llm.gradient_checkpointing_enable()
+            llm.config.use_cache = False
+        self.lora = lora
+        self.llm = lora.apply(llm) if lora is not None else llm
+        self.frozen = frozen
+
+        base = self.base_model
+        self.hidden_size = base.config.hidden_size
+        embed = base.get_input_embeddings()
+        # Trainable embeddings of <audio> </audio> <video> </video>, started at the mean embedding.
+        mean = embed.weight.detach().float().mean(0)
+        gen = torch.Generator().manual_seed(0)
+        noise = torch.randn(len(special_tokens()), self.hidden_size, generator=gen) * 0.02
+        self.special_embeddings = torch.nn.Parameter(mean + noise * embed.weight.detach().float().std())
+        ids = self.tokenizer.convert_tokens_to_ids(special_tokens())
+        self.register_buffer("special_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+        self.bos_id = self.tokenizer.bos_token_id
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        logging.info(f"LLM {model_dir}: hidden {self.hidden_size}, trainable parameters {n_train}")
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        """The transformers CausalLM model (inside the peft wrapper when LoRA is on)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_model.get_input_embeddings().weight.dtype
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, N) -> embeddings (B, N, D); delimiters use the trainable table, pad is 0."""
+        table = self.base_model.get_input_embeddings()
+        vocab = table.weight.size(0)
+        out = table(ids.clamp(0, vocab - 1))
+        special = self.special_embeddings.to(out.dtype)
+        for k in range(self.special_ids.numel()):
+            hit = (ids == self.special_ids[k]).unsqueeze(-1)
+            out = torch.where(hit, special[k], out)
+        if self.pad_id is not None:
+            out = out.masked_fill((ids == self.pad_id).unsqueeze(-1), 0.0)
+        return out
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) embeddings -> (B, N, D) last hidden states (LoRA applied, no LM head)."""
+        backbone = self.base_model.get_decoder()
+        out = backbone(
+            inputs_embeds=inputs_embeds.to(self.dtype),
+            attention_mask=attention_mask,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the LM head to the selected hidden states only (saves memory on big vocabularies)."""
+        return self.base_model.get_output_embeddings()(hidden).float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Batched decoding with the KV cache from left-padded prompts; returns new token ids."""
+        return self.llm.generate(
+            inputs_embeds=inputs_embeds.to(self.dtype),
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            **kwargs,
+        )

