@@ -65,7 +65,7 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
     log "installing torch==$TORCH_VERSION"
     "${pip[@]}" "torch==$TORCH_VERSION"
 fi
-torch_version=$("$py" -c "import torch; print(torch.__version__)")
+torch_version=$("$py" -c "import torch; print(torch.__version__)" 2>/dev/null)
 constraints="$venv/constraints.txt"
 echo "torch==$torch_version" > "$constraints"
 pipc=("${pip[@]}" -c "$constraints")
@@ -76,6 +76,9 @@ log "installing espnet==$ESPNET_VERSION and its requirements"
     scipy filelock 'librosa>=0.10.2' jamo==0.4.1 PyYAML soundfile h5py 'kaldiio>=2.18.0' torch_complex \
     nltk 'numpy>=2.0.0' protobuf hydra-core opt-einsum sentencepiece==0.2.0 editdistance \
     'importlib-metadata<5.0' tensorboard matplotlib
+# espnet2.train.preprocessor / collate_fn import these at module level (g2p_en tries an nltk
+# download at import and fails fast without network: harmless).
+"${pipc[@]}" g2p_en espnet_tts_frontend einops
 "${pipc[@]}" --no-deps "espnet==$ESPNET_VERSION"
 
 # torchaudio: ESPnet imports it. PyPI's build may not load next to this torch; then use it as

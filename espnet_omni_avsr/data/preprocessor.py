@@ -1,0 +1,82 @@
+"""Per-utterance preprocessing in the data loader: LLM tokenization and input checks."""
+from typing import Dict, Optional
+
+import numpy as np
+from espnet2.train.preprocessor import AbsPreprocessor
+
+from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer
+
+
+class AVSRPreprocessor(AbsPreprocessor):
+    """Tokenizes the transcript with the LLM's own tokenizer and checks the inputs.
+
+    Errors name the utterance: an empty transcript, multi-channel audio, or audio and video
+    whose durations disagree by more than `max_av_offset` seconds.
+
+    Args:
+        train: training mode (ESPnet passes it).
+        tokenizer_dir: local LLM folder whose tokenizer is used (the decoder's `model_dir`).
+        text_case: "lower" (default; WER is scored on lower-cased words), "upper" or "keep".
+        sample_rate: audio rate in Hz; fps: video frame rate.
+        max_av_offset: largest allowed |audio duration - video duration| in seconds (None: no check).
+    """
+
+    def __init__(
+        self,
+        train: bool,
+        tokenizer_dir: str,
+        text_case: str = "lower",
+        sample_rate: int = 16000,
+        fps: float = 25.0,
+        max_av_offset: Optional[float] = 0.5,
+        text_name: str = "text",
+        speech_name: str = "speech",
+        video_name: str = "video",
+    ):
+        super().__init__(train)
+        if text_case not in ("lower", "upper", "keep"):
+            raise ValueError(f"text_case must be lower, upper or keep, got {text_case!r}")
+        self.tokenizer = load_llm_tokenizer(tokenizer_dir)
+        self.text_case = text_case
+        self.sample_rate = sample_rate
+        self.fps = fps
+        self.max_av_offset = max_av_offset
+        self.text_name, self.speech_name, self.video_name = text_name, speech_name, video_name
+
+    def normalize_text(self, text: str) -> str:
+        text = " ".join(text.split())
+        if self.text_case == "lower":
+            return text.lower()
+        if self.text_case == "upper":
+            return text.upper()
+        return text
+
+    def __call__(self, uid: str, data: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if self.text_name in data:
+            text = self.normalize_text(str(data[self.text_name]))
+            if not text:
+                raise ValueError(f"utterance {uid}: empty transcript")
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            data[self.text_name] = np.asarray(ids, dtype=np.int64)
+        speech = data.get(self.speech_name)
+        if speech is not None:
+            if speech.ndim == 2 and speech.shape[1] == 1:
+                speech = speech[:, 0]
+            if speech.ndim != 1:
+                raise ValueError(f"utterance {uid}: audio must be mono, got shape {speech.shape}")
+            if speech.size == 0:
+                raise ValueError(f"utterance {uid}: empty audio")
+            data[self.speech_name] = speech.astype(np.float32, copy=False)
+        video = data.get(self.video_name)
+        if video is not None:
+            if video.ndim != 3 or video.shape[0] == 0:
+                raise ValueError(f"utterance {uid}: video must be (frames, height, width), got {video.shape}")
+            if speech is not None and self.max_av_offset is not None:
+                a, v = speech.shape[0] / self.sample_rate, video.shape[0] / self.fps
+                if abs(a - v) > self.max_av_offset:
+                    raise ValueError(
+                        f"utterance {uid}: audio lasts {a:.2f} s but video {v:.2f} s "
+                        f"({video.shape[0]} frames at {self.fps:g} fps); the limit is {self.max_av_offset} s"
+                    )
+        return data
+
