@@ -1,8 +1,7 @@
 """The LLM decoder: any Hugging Face causal LM loaded from a local folder, frozen, with LoRA.
 
 The four modality delimiters get their own small trainable embedding table instead of new rows in
-the LLM's (frozen) vocabulary; the LM head is never asked to produce them. Padding positions embed
-to zeros (they are masked out anyway).
+the LLM's (frozen) vocabulary; the LM head is never asked to produce them.
 """
 import logging
 import os
@@ -92,7 +91,10 @@ class HFCausalLMDecoder(torch.nn.Module):
         return self.base_model.get_input_embeddings().weight.dtype
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, N) -> embeddings (B, N, D); delimiters use the trainable table, pad is 0."""
+        """Token ids (B, N) -> embeddings (B, N, D); the delimiters come from the trainable table.
+
+        Ids outside the LLM's vocabulary (an added pad) are clamped: padding is masked anyway.
+        """
         table = self.base_model.get_input_embeddings()
         vocab = table.weight.size(0)
         out = table(ids.clamp(0, vocab - 1))
@@ -100,8 +102,6 @@ class HFCausalLMDecoder(torch.nn.Module):
         for k in range(self.special_ids.numel()):
             hit = (ids == self.special_ids[k]).unsqueeze(-1)
             out = torch.where(hit, special[k], out)
-        if self.pad_id is not None:
-            out = out.masked_fill((ids == self.pad_id).unsqueeze(-1), 0.0)
         return out
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,186 @@
+"""The ESPnet task for LLM-based ASR / VSR / AVSR, with the registry of swappable parts.
+
+Every part is chosen in the config as `<part>: <name>` plus `<part>_conf: {...}` (constructor
+keyword arguments), ESPnet's ClassChoices. `build_model` assembles them in numbered steps and
+passes sizes along through `output_size()`.
+"""
+import argparse
+from typing import Callable, Collection, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.tasks.abs_task import AbsTask
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.preprocessor import AbsPreprocessor
+from espnet2.train.trainer import Trainer
+from espnet2.utils.types import str2bool
+from typeguard import typechecked
+
+from espnet_omni_avsr.compression.abs_compressor import AbsCompressor
+from espnet_omni_avsr.compression.avg_pool_compressor import AvgPoolCompressor
+from espnet_omni_avsr.compression.stack_compressor import StackCompressor
+from espnet_omni_avsr.data.collate import AVSRCollateFn
+from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
+from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor
+from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
+from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA
+from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
+from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
+from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend
+from espnet_omni_avsr.frontends.resnet18_video_frontend import ResNet18VideoFrontend
+from espnet_omni_avsr.frontends.whisper_logmel_frontend import WhisperLogMelFrontend
+from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
+from espnet_omni_avsr.models.modality_branch import ModalityBranch
+from espnet_omni_avsr.projectors.abs_projector import AbsProjector
+from espnet_omni_avsr.projectors.linear_projector import LinearProjector
+from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
+
+register_video_data_type()
+
+COMPRESSORS = dict(avg_pool=AvgPoolCompressor, stack=StackCompressor)
+PROJECTORS = dict(mlp=MLPProjector, linear=LinearProjector)
+
+
+def _optional(name, classes, type_check):
+    return ClassChoices(name=name, classes=classes, type_check=type_check, default=None, optional=True)
+
+
+audio_frontend_choices = _optional("audio_frontend", dict(whisper_logmel=WhisperLogMelFrontend), AbsFrontend)
+audio_encoder_choices = _optional("audio_encoder", dict(whisper=WhisperEncoder), AbsEncoder)
+audio_compressor_choices = _optional("audio_compressor", COMPRESSORS, AbsCompressor)
+audio_projector_choices = _optional("audio_projector", PROJECTORS, AbsProjector)
+video_frontend_choices = _optional(
+    "video_frontend", dict(resnet18=ResNet18VideoFrontend, light=LightVideoFrontend), AbsVideoFrontend
+)
+video_encoder_choices = _optional(
+    "video_encoder", dict(conformer=ConformerEncoder, transformer=TransformerEncoder), AbsEncoder
+)
+video_compressor_choices = _optional("video_compressor", COMPRESSORS, AbsCompressor)
+video_projector_choices = _optional("video_projector", PROJECTORS, AbsProjector)
+decoder_choices = ClassChoices(
+    name="decoder", classes=dict(hf_causal_lm=HFCausalLMDecoder), type_check=torch.nn.Module, default="hf_causal_lm"
+)
+lora_choices = ClassChoices(name="lora", classes=dict(shared=SharedLoRA), default=None, optional=True)
+model_choices = ClassChoices(
+    name="model", classes=dict(avsr_llm=AVSRLLMModel), type_check=torch.nn.Module, default="avsr_llm"
+)
+preprocessor_choices = ClassChoices(
+    name="preprocessor", classes=dict(avsr=AVSRPreprocessor), type_check=AbsPreprocessor, default="avsr"
+)
+
+
+def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Optional[ModalityBranch]:
+    """Front end -> encoder -> compressor -> projector for one modality, or None if not configured."""
+    frontend_name = getattr(args, f"{prefix}_frontend")
+    if frontend_name is None:
+        return None
+    choices = {
+        "frontend": audio_frontend_choices if prefix == "audio" else video_frontend_choices,
+        "encoder": audio_encoder_choices if prefix == "audio" else video_encoder_choices,
+        "compressor": audio_compressor_choices if prefix == "audio" else video_compressor_choices,
+        "projector": audio_projector_choices if prefix == "audio" else video_projector_choices,
+    }
+    for part in ("compressor", "projector"):
+        if getattr(args, f"{prefix}_{part}") is None:
+            raise ValueError(f"{prefix}_frontend is set, so {prefix}_{part} must be set too")
+    conf = lambda part: dict(getattr(args, f"{prefix}_{part}_conf") or {})  # noqa: E731
+
+    # 1. front end: raw waveform / mouth-ROI frames -> features
+    frontend = choices["frontend"].get_class(frontend_name)(**conf("frontend"))
+    size = frontend.output_size()
+    # 2. encoder (optional); video encoders keep the 25 fps frame rate unless told otherwise
+    encoder = None
+    if getattr(args, f"{prefix}_encoder") is not None:
+        enc_conf = conf("encoder")
+        if prefix == "video":
+            enc_conf.setdefault("input_layer", "linear")
+        encoder = choices["encoder"].get_class(getattr(args, f"{prefix}_encoder"))(input_size=size, **enc_conf)
+        size = encoder.output_size()
+    # 3. compressor: T -> ceil(T / rate)
+    compressor = choices["compressor"].get_class(getattr(args, f"{prefix}_compressor"))(
+        input_size=size, **conf("compressor")
+    )
+    # 4. projector into the LLM's embedding space
+    projector = choices["projector"].get_class(getattr(args, f"{prefix}_projector"))(
+        input_size=compressor.output_size(), output_size=llm_hidden, **conf("projector")
+    )
+    return ModalityBranch(frontend, encoder, compressor, projector)
+
+
+class AVSRLLMTask(AbsTask):
+    """ASR, VSR and AVSR with a frozen LLM (Llama-AVSR family)."""
+
+    num_optimizers: int = 1
+    class_choices_list = [
+        audio_frontend_choices,
+        audio_encoder_choices,
+        audio_compressor_choices,
+        audio_projector_choices,
+        video_frontend_choices,
+        video_encoder_choices,
+        video_compressor_choices,
+        video_projector_choices,
+        decoder_choices,
+        lora_choices,
+        model_choices,
+        preprocessor_choices,
+    ]
+    trainer = Trainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser):
+        group = parser.add_argument_group(description="Task related")
+        group.add_argument(
+            "--use_preprocessor", type=str2bool, default=True, help="Tokenize text and check inputs in the loader"
+        )
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    @typechecked
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
+        [Collection[Tuple[str, Dict[str, np.ndarray]]]], Tuple[List[str], Dict[str, torch.Tensor]]
+    ]:
+        return AVSRCollateFn()
+
+    @classmethod
+    @typechecked
+    def build_preprocess_fn(
+        cls, args: argparse.Namespace, train: bool
+    ) -> Optional[Callable[[str, Dict[str, np.ndarray]], Dict[str, np.ndarray]]]:
+        if not args.use_preprocessor:
+            return None
+        conf = dict(args.preprocessor_conf or {})
+        conf.setdefault("tokenizer_dir", (args.decoder_conf or {}).get("model_dir"))
+        if conf["tokenizer_dir"] is None:
+            raise ValueError("set decoder_conf.model_dir (or preprocessor_conf.tokenizer_dir) to a local LLM folder")
+        return preprocessor_choices.get_class(args.preprocessor)(train=train, **conf)
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        # Which of speech / video is needed depends on the model's task; the model checks it.
+        return () if inference else ("text",)
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("speech", "video")
+
+    @classmethod
+    @typechecked
+    def build_model(cls, args: argparse.Namespace) -> AVSRLLMModel:
+        # 1. the LLM decoder (with LoRA); its hidden size fixes the projectors' output size
+        lora = None
+        if getattr(args, "lora", None) is not None:
+            lora = lora_choices.get_class(args.lora)(**(args.lora_conf or {}))
+        decoder = decoder_choices.get_class(args.decoder)(lora=lora, **(args.decoder_conf or {}))
+        # 2. modality branches
+        audio = _build_branch(args, "audio", decoder.hidden_size)
+        video = _build_branch(args, "video", decoder.hidden_size)
+        # 3. the model
+        return model_choices.get_class(args.model)(
+            decoder=decoder, audio=audio, video=video, **(args.model_conf or {})
+        )
