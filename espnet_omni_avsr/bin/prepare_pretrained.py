@@ -15,7 +15,13 @@ import os
 import sys
 
 from espnet_omni_avsr.pretrained.package_files import MissingDependencyError
-from espnet_omni_avsr.pretrained.prepare import MARKER, PRETRAINED_MODELS, PrepareError, prepare_pretrained
+from espnet_omni_avsr.pretrained.prepare import (
+    DEFAULT_MODELS,
+    MARKER,
+    PRETRAINED_MODELS,
+    PrepareError,
+    prepare_pretrained,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -30,7 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output_dir", required=True, help="folder that receives one sub-folder per model")
-    parser.add_argument("--models", nargs="+", choices=list(PRETRAINED_MODELS), default=list(PRETRAINED_MODELS),
+    parser.add_argument("--models", nargs="+", choices=list(PRETRAINED_MODELS), default=list(DEFAULT_MODELS),
                         help="which models to prepare")
     parser.add_argument("--skip_verify", action="store_true",
                         help="convert only; a later run without this flag verifies the existing folders")
@@ -56,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         if v is None:
             detail = "not verified"
         else:
-            figure = f"WER {100 * v['wer']:.2f}%" if "wer" in v else f"completion {v['completion']!r}"
+            if "wer" in v:
+                figure = f"WER {100 * v['wer']:.2f}%"
+            elif "completion" in v:
+                figure = f"completion {v['completion']!r}"
+            else:
+                figure = v.get("note", "")
             detail = f"verification {'passed' if v['passed'] else 'FAILED'}: {figure}"
         logging.info("%s: %s, %s -> %s", name, r["status"], detail, r["path"])
     print(json.dumps({n: {k: r[k] for k in ("status", "path", "seconds")} for n, r in results.items()}))

