@@ -8,7 +8,7 @@ import torch
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
 _INPUTS = ("speech", "speech_lengths", "video", "video_lengths")
-_MODEL_FILES = ("valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.best.pth", "model.pth", "latest.pth")
+_MODEL_FILES = ("model.pth", "valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.best.pth", "latest.pth")
 
 
 class AVSRRecognizer:
@@ -23,7 +23,7 @@ class AVSRRecognizer:
         max_new_tokens: longest transcript in LLM tokens.
 
     Example:
-        >>> rec = AVSRRecognizer.from_pretrained("exp/avsr_train")
+        >>> rec = AVSRRecognizer.from_pretrained("exp/multitask_small/packed/multitask_small.tar")
         >>> rec(speech=waveform, video=frames)
     """
 
@@ -51,16 +51,29 @@ class AVSRRecognizer:
         self.collate = AVSRLLMTask.build_collate_fn(args, train=False)
 
     @classmethod
-    def from_pretrained(cls, model_dir: Union[str, Path], **kwargs) -> "AVSRRecognizer":
-        """Load from a training directory or an unpacked model archive (config.yaml + *.pth)."""
-        model_dir = Path(model_dir)
-        config = model_dir / "config.yaml"
+    def from_pretrained(
+        cls, model: Union[str, Path], cache_dir: Optional[Union[str, Path]] = None, **kwargs
+    ) -> "AVSRRecognizer":
+        """Load from a packed archive (.tar / .tar.gz from the recipe's stage 12) or a directory with
+        config.yaml and weights (a training exp dir or an unpacked archive).
+
+        An archive is unpacked once into `cache_dir` (default: ~/.cache/espnet_omni_avsr/<name>).
+        """
+        model = Path(model)
+        if model.is_file():
+            from espnet_omni_avsr.utils.model_archive import unpack_model
+
+            name = model.name.split(".")[0]
+            dest = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "espnet_omni_avsr" / name
+            config, weights = unpack_model(model, dest)
+            return cls(config, weights, **kwargs)
+        config = model / "config.yaml"
         if not config.is_file():
-            raise FileNotFoundError(f"{model_dir} has no config.yaml: give a training exp dir or a packed model dir")
+            raise FileNotFoundError(f"{model} is neither a model archive nor a directory with config.yaml")
         for name in _MODEL_FILES:
-            if (model_dir / name).is_file():
-                return cls(config, model_dir / name, **kwargs)
-        raise FileNotFoundError(f"{model_dir} has none of {list(_MODEL_FILES)}")
+            if (model / name).is_file():
+                return cls(config, model / name, **kwargs)
+        raise FileNotFoundError(f"{model} has none of {list(_MODEL_FILES)}")
 
     def recognize_batch(self, batch: Dict[str, torch.Tensor]) -> Dict[str, list]:
         """A collated batch (speech/video with lengths) -> {"text": [...], "llm_tokens": [...]}."""

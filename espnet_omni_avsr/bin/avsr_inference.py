@@ -1,27 +1,39 @@
-"""Decode a data set: writes <output_dir>/text (utt hypothesis) and <output_dir>/llm_tokens."""
+"""Decode data sets: writes <output_dir>/text (utt hypothesis) and <output_dir>/llm_tokens.
+
+One set:   --task avsr --data_path_and_name_and_type dump/test/wav.scp,speech,sound
+           --data_path_and_name_and_type dump/test/video.scp,video,video --output_dir DIR
+Many sets: --jobs jobs.tsv, one `task<TAB>data_dir<TAB>output_dir` line per set; the model is loaded
+           once, each job reads only what its task needs (wav.scp and/or video.scp of data_dir), and
+           a job whose output is complete is skipped.
+"""
 import argparse
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 from espnet2.utils import config_argparse
 from espnet2.utils.types import str2triple_str
 from tqdm import tqdm
 
+from espnet_omni_avsr.decoders.prompt import TASK_MODALITIES
 from espnet_omni_avsr.recognizer import AVSRRecognizer
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
+_SCP = {"audio": ("wav.scp", "speech", "sound"), "video": ("video.scp", "video", "video")}
+
 
 def get_parser() -> argparse.ArgumentParser:
-    p = config_argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = config_argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_config", required=True, help="config.yaml of the trained model")
     p.add_argument("--model_file", default=None, help="trained weights (.pth)")
-    p.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append", required=True,
+    p.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append", default=[],
                    help="e.g. dump/test/wav.scp,speech,sound and dump/test/video.scp,video,video")
     p.add_argument("--key_file", default=None, help="decode only these utterance ids")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--task", choices=["asr", "vsr", "avsr"], default=None, help="default: the trained task")
+    p.add_argument("--output_dir", default=None)
+    p.add_argument("--jobs", default=None, help="a TSV of task, data dir, output dir (see above)")
+    p.add_argument("--task", choices=sorted(TASK_MODALITIES), default=None, help="default: the trained task")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--beam_size", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=32)
@@ -31,15 +43,36 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(cmd=None):
-    args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    rec = AVSRRecognizer(
-        args.train_config, args.model_file, device="cuda" if args.ngpu > 0 else "cpu",
-        task=args.task, beam_size=args.beam_size, max_new_tokens=args.max_new_tokens,
-    )
+def read_jobs(path: str) -> List[Tuple[str, list, Path]]:
+    """jobs.tsv -> [(task, data triples, output dir)]."""
+    jobs = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[0] not in TASK_MODALITIES:
+            raise ValueError(f"{path}:{n}: expected 'task<TAB>data_dir<TAB>output_dir' with task in "
+                             f"{sorted(TASK_MODALITIES)}, got {line!r}")
+        task, data_dir, out = fields
+        triples = [(f"{data_dir}/{scp}", name, kind) for scp, name, kind in (_SCP[m] for m in TASK_MODALITIES[task])]
+        jobs.append((task, triples, Path(out)))
+    return jobs
+
+
+def _complete(out: Path, triples: list) -> bool:
+    hyp = out / "text"
+    if not (hyp.is_file() and (out / "llm_tokens").is_file()):
+        return False
+    with open(triples[0][0]) as f:
+        n_in = sum(1 for line in f if line.strip())
+    return sum(1 for _ in hyp.open()) == n_in
+
+
+def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, args) -> None:
+    """Decode one set in batches with the KV cache; writes text and llm_tokens."""
+    rec.task = task or rec.model.task
     loader = AVSRLLMTask.build_streaming_iterator(
-        args.data_path_and_name_and_type,
+        triples,
         preprocess_fn=rec.preprocess,
         collate_fn=rec.collate,
         key_file=args.key_file,
@@ -49,17 +82,37 @@ def main(cmd=None):
         allow_variable_data_keys=True,
         inference=True,
     )
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_utt, start = 0, time.perf_counter()
     with (out / "text").open("w", encoding="utf-8") as f_text, (out / "llm_tokens").open("w") as f_tok:
-        for keys, batch in tqdm(loader, desc="decoding", unit="batch", file=sys.stderr):
+        for keys, batch in tqdm(loader, desc=f"decoding {rec.task} -> {out}", unit="batch", file=sys.stderr):
             result = rec.recognize_batch(batch)
             for key, text, n in zip(keys, result["text"], result["llm_tokens"]):
                 f_text.write(f"{key} {text}\n")
                 f_tok.write(f"{key} {n}\n")
             n_utt += len(keys)
-    logging.info(f"decoded {n_utt} utterances in {time.perf_counter() - start:.1f} s -> {out / 'text'}")
+    seconds = time.perf_counter() - start
+    logging.info(f"{rec.task}: decoded {n_utt} utterances in {seconds:.1f} s -> {out / 'text'}")
+
+
+def main(cmd=None):
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    if args.jobs:
+        jobs = read_jobs(args.jobs)
+    elif args.output_dir and args.data_path_and_name_and_type:
+        jobs = [(args.task, args.data_path_and_name_and_type, Path(args.output_dir))]
+    else:
+        sys.exit("give --jobs, or --data_path_and_name_and_type and --output_dir")
+    rec = AVSRRecognizer(
+        args.train_config, args.model_file, device="cuda" if args.ngpu > 0 else "cpu",
+        task=args.task, beam_size=args.beam_size, max_new_tokens=args.max_new_tokens,
+    )
+    for task, triples, out in jobs:
+        if args.jobs and _complete(out, triples):
+            logging.info(f"skip {out}: complete")
+            continue
+        decode(rec, task, triples, out, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The shared stage script of the audio-visual LLM recipes (egs2/<corpus>/avsr1/run.sh calls it).
+# Each stage is a Python entry point; each can be re-run and skips work that is already complete.
+#
+#  1 data preparation (local/data.sh: Kaldi-style data/<set>/)   7 collect stats (shape files)
+#  2 video preprocessing (mouth ROI) -> dump/<set>/video.scp        8 training
+#  3 audio formatting (16 kHz) and audio/video length checks        9 model selection (averaged / best)
+#  4 length/quality filtering, with a report of what was dropped    10 decoding: test set x task (x SNR)
+#  5 noise: babble from training speech, noisy test sets            11 scoring (sclite) -> RESULTS.md
+#  6 pretrained models and tokenizer                               12 pack the model into one archive
+# Filtering comes before noise so that the noisy test sets hold exactly the kept utterances.
+set -euo pipefail
+
+stage=1; stop_stage=12
+nj=2                      # parallel jobs for data preparation
+ngpu=0
+train_config=             # training YAML (required)
+inference_config=         # decoding YAML (conf/decode/*.yaml)
+train_set=train; valid_set=dev; test_sets="test"
+snrs="10 5 0 -5"          # noisy copies of the test sets (clean is always decoded)
+decode_tasks=             # default: the tasks in the training config
+local_data_opts=          # passed to local/data.sh
+video_mode=precropped     # stage 2: precropped (mouth ROI given) or a face-landmark mode
+min_duration=0.3; max_duration=20; max_words=60
+pretrained_dir=pretrained
+pretrained_models="smollm2-135m whisper-tiny.en"
+dumpdir=dump; expdir=exp
+model_tag=                # default: the training config's file name
+inference_tag=            # default: the decoding config's file name
+train_args=               # extra avsr_train options
+inference_args=           # extra avsr_inference options
+_options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs decode_tasks
+local_data_opts video_mode min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
+model_tag inference_tag train_args inference_args"
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/parse_options.sh"
+. ./path.sh
+
+[ -n "${train_config}" ] || { echo "$0: --train_config is required" >&2; exit 1; }
+[ -n "${model_tag}" ] || model_tag=$(basename "${train_config}" .yaml)
+[ -n "${inference_tag}" ] || inference_tag=$(basename "${inference_config:-default}" .yaml)
+exp="${expdir}/${model_tag}"
+logdir="${expdir}/logs"; mkdir -p "${logdir}"
+all_sets="${train_set} ${valid_set} ${test_sets}"
+if [ -z "${decode_tasks}" ]; then
+    decode_tasks=$(python -c "import yaml,sys; print(' '.join(yaml.safe_load(open(sys.argv[1]))['model_conf']['tasks']))" "${train_config}")
+fi
+
+# run_stage N "what" command...: logs to expdir/logs/stageN.log; a failure names the command and log.
+run_stage() {
+    local n=$1 what=$2; shift 2
+    if [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ]; then
+        local log="${logdir}/stage${n}.log" start=${SECONDS} rc
+        echo "=== stage ${n}: ${what} (log: ${log})" >&2
+        set +e
+        ( set -e; "$@" ) 2>&1 | tee "${log}" | { grep --line-buffered -vE "nltk_data|Flash Attention" || true; } >&2
+        rc=${PIPESTATUS[0]}
+        set -e
+        if [ "${rc}" -ne 0 ]; then
+            echo "ERROR: stage ${n} (${what}) failed with exit code ${rc}: $*" >&2
+            echo "       see ${log}" >&2
+            exit 1
+        fi
+        echo "=== stage ${n} done in $((SECONDS - start)) s" >&2
+        echo "stage${n} $((SECONDS - start))" >> "${logdir}/stage_times"
+    fi
+}
+
+data_args() {  # data_args <prefix> <dir>: the three inputs of a set
+    echo "--${1}_data_path_and_name_and_type ${2}/wav.scp,speech,sound" \
+         "--${1}_data_path_and_name_and_type ${2}/video.scp,video,video" \
+         "--${1}_data_path_and_name_and_type ${2}/text,text,text"
+}
+
+stage1() { local/data.sh ${local_data_opts}; }
+stage2() { for s in ${all_sets}; do
+    python -m espnet_omni_avsr.bin.preprocess_video --data_dir "data/${s}" --out_dir "${dumpdir}/${s}" \
+        --mode "${video_mode}" --nj "${nj}"; done; }
+stage3() { for s in ${all_sets}; do
+    python -m espnet_omni_avsr.bin.format_audio --data_dir "data/${s}" --out_dir "${dumpdir}/${s}" --nj "${nj}"; done; }
+stage4() {
+    for s in ${train_set} ${valid_set}; do
+        python -m espnet_omni_avsr.bin.filter_data --data_dir "data/${s}" --dump_dir "${dumpdir}/${s}" \
+            --min_duration "${min_duration}" --max_duration "${max_duration}" --max_words "${max_words}"; done
+    for s in ${test_sets}; do  # test sets: only unusable items are dropped, never by length
+        python -m espnet_omni_avsr.bin.filter_data --data_dir "data/${s}" --dump_dir "${dumpdir}/${s}"; done; }
+stage5() { for s in ${test_sets}; do
+    python -m espnet_omni_avsr.bin.make_noisy_sets --train_dir "${dumpdir}/${train_set}" \
+        --noise_out "${dumpdir}/noise" --src "${dumpdir}/${s}" --snrs ${snrs}; done; }
+stage6() { python -m espnet_omni_avsr.bin.prepare_pretrained --output_dir "${pretrained_dir}" --models ${pretrained_models}; }
+stage7() {
+    # shellcheck disable=SC2046
+    python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --collect_stats true --ngpu 0 \
+        --batch_type unsorted --output_dir "${exp}/stats" --use_tensorboard false \
+        $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
+        --train_shape_file "${dumpdir}/${train_set}/wav.scp" --valid_shape_file "${dumpdir}/${valid_set}/wav.scp"; }
+stage8() {
+    mkdir -p "${exp}"
+    # shellcheck disable=SC2046,SC2086
+    python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --ngpu "${ngpu}" --resume true \
+        --output_dir "${exp}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
+        --train_shape_file "${exp}/stats/train/speech_shape" --valid_shape_file "${exp}/stats/valid/speech_shape" \
+        ${train_args} 2>&1 | tee "${exp}/train.log"; }
+stage9() {
+    local m
+    for m in valid.acc.ave.pth valid.acc.best.pth valid.loss.best.pth latest.pth; do
+        if [ -e "${exp}/${m}" ]; then
+            ln -sfn "$(readlink -f "${exp}/${m}")" "${exp}/model.pth"
+            echo "selected ${m} -> ${exp}/model.pth"; return 0
+        fi
+    done
+    echo "no trained model in ${exp}" >&2; return 1; }
+stage10() {  # one process decodes every test set x task x condition (the model loads once)
+    local s t cond src jobs="${exp}/decode_${inference_tag}/jobs.tsv"
+    mkdir -p "$(dirname "${jobs}")"; : > "${jobs}"
+    for s in ${test_sets}; do
+        for t in ${decode_tasks}; do
+            for cond in clean ${snrs}; do
+                [ "${cond}" != clean ] && [ "${t}" = vsr ] && continue  # noise touches audio only
+                [ "${cond}" = clean ] && src="${dumpdir}/${s}" || src="${dumpdir}/${s}_snr${cond}"
+                printf '%s\t%s\t%s\n' "${t}" "${src}" "${exp}/decode_${inference_tag}/${s}/${t}/snr_${cond}" >> "${jobs}"
+            done
+        done
+    done
+    # shellcheck disable=SC2086
+    python -m espnet_omni_avsr.bin.avsr_inference ${inference_config:+--config "${inference_config}"} \
+        --train_config "${exp}/config.yaml" --model_file "${exp}/model.pth" --ngpu "${ngpu}" \
+        --jobs "${jobs}" ${inference_args}; }
+stage11() {
+    local d
+    for d in "${exp}/decode_${inference_tag}"/*/*/snr_*; do
+        set_dir=$(basename "$(dirname "$(dirname "${d}")")"); cond=${d##*/snr_}
+        [ "${cond}" = clean ] && ref="${dumpdir}/${set_dir}" || ref="${dumpdir}/${set_dir}_snr${cond}"
+        python -m espnet_omni_avsr.bin.score --ref "${ref}/text" --hyp "${d}/text" --out_dir "${d}/score_wer"
+    done
+    python -m espnet_omni_avsr.bin.make_results --exp_dir "${expdir}" --dump_dir "${dumpdir}" --out RESULTS.md; }
+stage12() { python -m espnet_omni_avsr.bin.pack_model --config "${exp}/config.yaml" --model_file "${exp}/model.pth" \
+    --out "${exp}/packed/${model_tag}.tar" --base_dir .; }
+
+run_stage 1 "data preparation" stage1
+run_stage 2 "video preprocessing (${video_mode})" stage2
+run_stage 3 "audio formatting and audio/video length checks" stage3
+run_stage 4 "length/quality filtering" stage4
+run_stage 5 "noise preparation and noisy test sets" stage5
+run_stage 6 "pretrained models" stage6
+run_stage 7 "collect stats" stage7
+run_stage 8 "training" stage8
+run_stage 9 "model selection" stage9
+run_stage 10 "decoding" stage10
+run_stage 11 "scoring" stage11
+run_stage 12 "packing" stage12
+echo "done: stages ${stage}..${stop_stage}" >&2

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The embedded GRID-style audio-visual corpus (generated here, nothing is downloaded):
+# frozen Whisper tiny.en + a trainable light lip encoder + frozen SmolLM2-135M with LoRA,
+# one model trained on ASR, VSR and AVSR, each decoded and scored (clean and noisy).
+# Debug size (CI): ./run.sh --train_config conf/debug/multitask_tiny.yaml \
+#   --pretrained_models "tiny-random-llama tiny-random-whisper" --local_data_opts "--num_utts 40"
+set -euo pipefail
+
+./avsr.sh \
+    --train_set train --valid_set dev --test_sets test \
+    --train_config conf/omni_avsr/multitask_small.yaml \
+    --inference_config conf/decode/greedy.yaml \
+    --local_data_opts "--num_utts 1000" \
+    "$@"

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Stage 4: babble noise from training speech, and fixed noisy copies of test sets.
+
+    # babble from dump/train into dump/noise/babble.wav (+ babble.json), then dump/test_snr10 ... _snr-5
+    python -m espnet_omni_avsr.bin.make_noisy_sets --train_dir dump/train --noise_out dump/noise \
+        --src dump/test [dump/test2 ...] --snrs 10 5 0 -5 [--seed 0] \
+        [--num_speakers 30] [--babble_duration 120] [--speaker_fold I/N]
+
+    # your own noise instead of babble (MUSAN-style folder, searched recursively, or wav files)
+    python -m espnet_omni_avsr.bin.make_noisy_sets --noise_dir /data/musan/noise --src dump/test --snrs 0 -5
+    python -m espnet_omni_avsr.bin.make_noisy_sets --noise my_noise.wav --src dump/test --snrs 0
+
+Without --src only the babble is made. Each noisy set <src>_snr<X> (beside --src, or under --out_root)
+holds wav/, wav.scp, snr.tsv, .done and the other files of --src copied. Definitions (SNR, babble,
+segment choice, clipping): espnet_omni_avsr/prep/noise.py. Finished outputs are skipped on a rerun
+with the same arguments; other arguments are an error unless --force.
+Exit status 0 on success, 1 on an error (logged).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from espnet_omni_avsr.prep.errors import PrepError
+from espnet_omni_avsr.prep.noise import NoiseBank, make_babble, make_noisy_set, noisy_set_name
+
+BABBLE_NAME = "babble.wav"
+
+
+def _fold(value: str):
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/2), got {value!r}")
+    return i, n
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("babble (used unless --noise or --noise_dir is given)")
+    g.add_argument("--train_dir", help="Kaldi-style dir with wav.scp and utt2spk (training speech)")
+    g.add_argument("--noise_out", help=f"folder for {BABBLE_NAME} and babble.json")
+    g.add_argument("--num_speakers", type=int, default=30, help="streams summed, one training speaker each")
+    g.add_argument("--babble_duration", type=float, default=120.0, help="seconds of babble")
+    g.add_argument("--speaker_fold", type=_fold, default=None,
+                   help="I/N: only the I-th of N disjoint speaker subsets (e.g. 0/2 training noise, 1/2 test noise)")
+    n = p.add_argument_group("other noise").add_mutually_exclusive_group()
+    n.add_argument("--noise", nargs="+", help="noise wav file(s)")
+    n.add_argument("--noise_dir", help="a folder searched recursively for *.wav (MUSAN-style)")
+    m = p.add_argument_group("noisy sets")
+    m.add_argument("--src", nargs="+", default=[], help="Kaldi-style dirs with wav.scp (16 kHz mono)")
+    m.add_argument("--snrs", type=float, nargs="+", default=[], help="SNRs in dB, one output set each")
+    m.add_argument("--out_root", default=None, help="where <src name>_snr<X> dirs go (default: beside each --src)")
+    m.add_argument("--subtype", default="PCM_16", help="soundfile subtype of the written wavs")
+    p.add_argument("--seed", type=int, default=0, help="babble seed; with the utterance id, fixes each segment")
+    p.add_argument("--force", action="store_true", help="rewrite outputs made with other arguments")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    if bool(args.src) != bool(args.snrs):
+        parser.error("--src and --snrs go together")
+    own_noise = args.noise or args.noise_dir
+    if not own_noise and not (args.train_dir and args.noise_out):
+        parser.error("give --train_dir and --noise_out (babble), or --noise / --noise_dir")
+    report = {}
+    try:
+        if own_noise:
+            bank = NoiseBank.from_dir(args.noise_dir) if args.noise_dir else NoiseBank(args.noise)
+        else:
+            train, babble = Path(args.train_dir), Path(args.noise_out) / BABBLE_NAME
+            rec = make_babble(
+                train / "wav.scp", train / "utt2spk", babble, num_speakers=args.num_speakers,
+                duration_s=args.babble_duration, seed=args.seed, speaker_fold=args.speaker_fold,
+                force=args.force, progress=not args.no_progress,
+            )
+            report[str(babble)] = {"status": rec["status"], "num_distinct_speakers": rec["num_distinct_speakers"]}
+            bank = NoiseBank([babble])
+        for src in (Path(s.rstrip("/")) for s in args.src):
+            out_root = Path(args.out_root) if args.out_root else src.parent
+            for snr in args.snrs:
+                out = out_root / noisy_set_name(src.name, snr)
+                r = make_noisy_set(src, out, bank, snr, seed=args.seed, subtype=args.subtype,
+                                   force=args.force, progress=not args.no_progress)
+                report[str(out)] = {"status": r["status"], "num_utts": r.get("num_utts"),
+                                    "clipped": len(r.get("clipped", []))}
+    except (PrepError, OSError, ValueError, RuntimeError) as e:
+        logging.error("%s", e)
+        return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Stage 11 (end): RESULTS.md (+ RESULTS_wer_vs_tokens.png) from every scored decoding directory.
+
+    python -m espnet_omni_avsr.bin.make_results [--exp_dir exp] [--dump_dir dump] [--out RESULTS.md] [--no_plot]
+
+Reads exp/<model_tag>/decode_<inference_tag>/<test_set>/<task>/snr_<clean|X>/score_wer/summary.json
+(the convention is in espnet_omni_avsr/scoring/results_table.py). Exit status 0 on success, 1 on an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from espnet_omni_avsr.scoring.results_table import write_results
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dir", default="exp", help="the recipe's experiment directory")
+    p.add_argument("--dump_dir", default=None,
+                   help="dump dir, for tokens per second of summaries that lack them (llm_tokens / utt2dur)")
+    p.add_argument("--out", default="RESULTS.md", help="markdown file to write; the plot goes beside it")
+    p.add_argument("--no_plot", action="store_true", help="do not draw WER vs tokens per second")
+    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    try:
+        written = write_results(args.exp_dir, args.out, plot=not args.no_plot, dump_dir=args.dump_dir)
+    except (OSError, ValueError) as e:
+        logging.error("%s", e)
+        return 1
+    print(json.dumps(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

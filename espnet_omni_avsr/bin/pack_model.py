@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Stage 12: pack a trained model into one archive.
+
+    python -m espnet_omni_avsr.bin.pack_model --config exp/<tag>/config.yaml \
+        --model_file exp/<tag>/model.pth --out exp/<tag>/packed/<tag>.tar[.gz] \
+        [--base_dir .] [--exclude_pretrained] [--force]
+
+The archive holds config.yaml (model_dir / tokenizer_dir values rewritten to pretrained/<name>),
+model.pth, meta.yaml and the pretrained folders; espnet_omni_avsr.bin.unpack_model extracts it.
+Layout: espnet_omni_avsr/utils/model_archive.py. Exit status 0 on success, 1 on an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from espnet_omni_avsr.utils.model_archive import ArchiveError, pack_model
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="training config.yaml")
+    p.add_argument("--model_file", required=True, help="trained weights (.pth; a symlink is followed)")
+    p.add_argument("--out", required=True, help="archive: .tar, .tar.gz or .tgz")
+    p.add_argument("--base_dir", default=".",
+                   help="directory the config's relative pretrained paths are relative to (the recipe dir)")
+    p.add_argument("--exclude_pretrained", action="store_true",
+                   help="do not copy the pretrained folders in (the archive then names them only)")
+    p.add_argument("--force", action="store_true", help="rewrite an archive that already holds this model")
+    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    try:
+        meta = pack_model(args.config, args.model_file, args.out,
+                          include_pretrained=not args.exclude_pretrained, base_dir=args.base_dir,
+                          force=args.force)
+    except (ArchiveError, OSError, ValueError) as e:
+        logging.error("%s", e)
+        return 1
+    print(json.dumps({"archive": args.out, "model_sha256": meta["model_sha256"],
+                      "pretrained": sorted(meta["pretrained"])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data preparation: corpus generation, face/mouth processing, noise mixing."""
