@@ -315,8 +315,8 @@ def _mapper(processor: Callable[[WorkItem], dict], workers: int):
     if workers <= 1:
         yield lambda items: (run_one(processor, item) for item in items)
         return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # spawn, not fork: a child forked after the parent has used OpenCV (or torch) threads can hang.
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_worker_init) as pool:
         yield lambda items: pool.imap_unordered(_Call(processor), items, chunksize=1)
 
