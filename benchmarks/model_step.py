@@ -15,7 +15,7 @@ import torch
 import yaml
 
 
-def build(config_path: str, pretrained_dir: str, pad_to_30s: bool):
+def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
     with open(config_path) as f:
@@ -24,6 +24,8 @@ def build(config_path: str, pretrained_dir: str, pad_to_30s: bool):
         conf = config.get(key) or {}
         if conf.get("model_dir"):
             conf["model_dir"] = os.path.join(pretrained_dir, os.path.basename(conf["model_dir"]))
+    if llm_dtype:
+        config["decoder_conf"]["dtype"] = llm_dtype
     if config.get("audio_frontend_conf") is not None:
         config["audio_frontend_conf"]["pad_to_30s"] = pad_to_30s
     args = AVSRLLMTask.get_parser().parse_args([])
@@ -42,10 +44,13 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pad_to_30s", action="store_true")
+    p.add_argument("--separate_task_passes", action="store_true", help="one LLM pass per task")
+    p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = build(a.config, a.pretrained_dir, a.pad_to_30s)
+    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype)
+    model.batched_tasks = not a.separate_task_passes
     tok = model.decoder.tokenizer
     b, s = a.batch_size, a.seconds
     text = [torch.tensor(tok("bin blue at f two now", add_special_tokens=False)["input_ids"])] * b
@@ -73,7 +78,8 @@ def main():
             step_times.append(t2 - t0)
     n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
     print(f"config={a.config} task={model.task} batch={b} clip={s:g}s pad_to_30s={a.pad_to_30s} "
-          f"threads={a.threads} trainable_params={n_train}")
+          f"threads={a.threads} trainable_params={n_train} tasks={model.tasks} "
+          f"batched_tasks={model.batched_tasks} llm_dtype={model.decoder.dtype}")
     print(f"step (fwd+bwd+optim) median {statistics.median(step_times):.3f} s; "
           f"forward median {statistics.median(fwd_times):.3f} s over {a.steps} steps")
 
