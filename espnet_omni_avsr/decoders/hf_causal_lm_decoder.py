@@ -11,6 +11,7 @@ import torch
 
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer, special_tokens
 from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA
+from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,6 +57,7 @@ class HFCausalLMDecoder(torch.nn.Module):
             dtype=_DTYPES[dtype],
             attn_implementation=attn_implementation,
         )
+        mark_pretrained(llm)
         if frozen:
             llm.requires_grad_(False)
         if gradient_checkpointing:

@@ -9,6 +9,8 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
+from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
+
 _PREFIXES = ("model.encoder.", "encoder.")  # WhisperForConditionalGeneration, WhisperModel
 
 
@@ -129,6 +131,7 @@ class WhisperEncoder(AbsEncoder):
         if unexpected:
             logging.warning("WhisperEncoder: ignored unexpected encoder weights %s", sorted(unexpected)[:8])
 
+        mark_pretrained(self.encoder)
         self.model_dir = model_dir
         self.input_size = input_size
         self.output_layer = output_layer % (n_layers + 1)

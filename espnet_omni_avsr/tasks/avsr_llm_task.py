@@ -5,6 +5,7 @@ keyword arguments), ESPnet's ClassChoices. `build_model` assembles them in numbe
 passes sizes along through `output_size()`.
 """
 import argparse
+import inspect
 from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -95,10 +96,16 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
     # 2. encoder (optional); video encoders keep the 25 fps frame rate unless told otherwise
     encoder = None
     if getattr(args, f"{prefix}_encoder") is not None:
+        enc_class = choices["encoder"].get_class(getattr(args, f"{prefix}_encoder"))
         enc_conf = conf("encoder")
         if prefix == "video":
             enc_conf.setdefault("input_layer", "linear")
-        encoder = choices["encoder"].get_class(getattr(args, f"{prefix}_encoder"))(input_size=size, **enc_conf)
+        # `frozen: true` works for every encoder, also for ESPnet's, which have no such argument
+        takes_frozen = "frozen" in inspect.signature(enc_class.__init__).parameters
+        frozen = False if takes_frozen else bool(enc_conf.pop("frozen", False))
+        encoder = enc_class(input_size=size, **enc_conf)
+        if frozen:
+            encoder.requires_grad_(False)
         size = encoder.output_size()
     # 3. compressor: T -> ceil(T / rate)
     compressor = choices["compressor"].get_class(getattr(args, f"{prefix}_compressor"))(

@@ -1,29 +1,37 @@
 """Keep frozen pretrained weights out of checkpoints.
 
-Modules that load their weights from a local pretrained folder say so with a `model_dir`
-attribute (the LLM decoder, the Whisper encoder). Their frozen parameters are dropped from
+A module that loads weights from a local pretrained folder (the LLM decoder, the Whisper encoder)
+marks those parameters with `mark_pretrained`. The ones that stay frozen are dropped from
 `state_dict()` and not expected by `load_state_dict()`: they come back from the folder when the
-model is built. Trainable parameters (LoRA, projectors) and all buffers are always kept.
+model is built. Everything else, LoRA adapters (active or not), projectors, trained encoders,
+buffers, is always kept. The mark is an attribute of the parameter tensor itself, so it survives
+peft wrapping a layer.
 """
-from typing import List
+from typing import Set
 
 import torch
 
+_MARK = "_loaded_from_pretrained"
 
-def _frozen_pretrained_keys(model: torch.nn.Module) -> List[str]:
-    keys = []
-    for prefix, module in model.named_modules():
-        if not getattr(module, "model_dir", None):
-            continue
-        for name, p in module.named_parameters(remove_duplicate=False):
-            if not p.requires_grad:
-                keys.append(f"{prefix}.{name}" if prefix else name)
-    return keys
+
+def mark_pretrained(module: torch.nn.Module) -> None:
+    """Mark every parameter of `module` as loaded from a pretrained folder."""
+    for p in module.parameters():
+        setattr(p, _MARK, True)
+
+
+def frozen_pretrained_keys(model: torch.nn.Module) -> Set[str]:
+    """State-dict keys of the marked parameters that are frozen."""
+    return {
+        name
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if getattr(p, _MARK, False) and not p.requires_grad
+    }
 
 
 def skip_frozen_pretrained_weights(model: torch.nn.Module) -> None:
-    """Install the state-dict hooks on `model` (call once, after freezing)."""
-    skipped = set(_frozen_pretrained_keys(model))
+    """Install the state-dict hooks on `model` (call once, after freezing and adding adapters)."""
+    skipped = frozen_pretrained_keys(model)
 
     def drop(module, state_dict, prefix, local_metadata):
         for key in list(state_dict):

@@ -27,9 +27,18 @@ def test_debug_recipe_all_stages(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = ["./run.sh", "--train_config", "conf/debug/multitask_tiny.yaml",
            "--pretrained_models", "tiny-random-llama tiny-random-whisper",
-           "--local_data_opts", "--num_utts 40 --num_speakers 8", "--snrs", "0 -5", "--nj", "2"]
+           "--local_data_opts", "--num_utts 40 --num_speakers 8 --corrupt true", "--snrs", "0 -5", "--nj", "2"]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-6000:]
+
+    # the corpus' deliberately bad items are reported with a reason, and the rest went on
+    corrupt = [line.split("\t")[0] for line in (work / "downloads/avgrid/corrupt.tsv").read_text().splitlines()]
+    assert len(corrupt) >= 4
+    reports = "".join(p.read_text() for p in list(work.glob("data/*/bad_items.tsv"))
+                      + list(work.glob("dump/*/filter_report.txt")))
+    for path in corrupt:
+        _, spk, utt = path.split("/")
+        assert f"{spk}-{utt}" in reports or path in reports, (path, reports)
 
     results = (work / "RESULTS.md").read_text()
     for task in ("asr", "vsr", "avsr"):
