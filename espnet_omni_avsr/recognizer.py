@@ -19,6 +19,8 @@ class AVSRRecognizer:
         model_file: the trained weights (`*.pth`); None keeps the freshly built model.
         device: "cpu", "cuda", "cuda:N".
         task: "asr", "vsr" or "avsr" (default: the task the model was trained for).
+        rates: modality -> compression rate, e.g. {"audio": 16, "video": 5} (elastic inference;
+            default: the first trained rate of each modality). Untrained rates are refused.
         beam_size: 1 = greedy.
         max_new_tokens: longest transcript in LLM tokens.
 
@@ -33,6 +35,7 @@ class AVSRRecognizer:
         model_file: Optional[Union[str, Path]] = None,
         device: str = "cpu",
         task: Optional[str] = None,
+        rates: Optional[Dict[str, int]] = None,
         beam_size: int = 1,
         max_new_tokens: int = 32,
     ):
@@ -45,6 +48,7 @@ class AVSRRecognizer:
         self.args = args
         self.device = device
         self.task = task or model.task
+        self.rates = dict(rates or {})
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
         self.preprocess = AVSRLLMTask.build_preprocess_fn(args, train=False)
@@ -79,7 +83,7 @@ class AVSRRecognizer:
         """A collated batch (speech/video with lengths) -> {"text": [...], "llm_tokens": [...]}."""
         batch = {k: v.to(self.device) for k, v in batch.items() if k in _INPUTS}
         texts, n_tokens = self.model.recognize(
-            **batch, task=self.task, max_new_tokens=self.max_new_tokens, num_beams=self.beam_size
+            **batch, task=self.task, rates=self.rates, max_new_tokens=self.max_new_tokens, num_beams=self.beam_size
         )
         return {"text": texts, "llm_tokens": n_tokens.tolist()}
 

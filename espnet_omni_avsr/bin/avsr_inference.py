@@ -2,9 +2,10 @@
 
 One set:   --task avsr --data_path_and_name_and_type dump/test/wav.scp,speech,sound
            --data_path_and_name_and_type dump/test/video.scp,video,video --output_dir DIR
-Many sets: --jobs jobs.tsv, one `task<TAB>data_dir<TAB>output_dir` line per set; the model is loaded
-           once, each job reads only what its task needs (wav.scp and/or video.scp of data_dir), and
-           a job whose output is complete is skipped.
+Many sets: --jobs jobs.tsv, one `task<TAB>data_dir<TAB>output_dir[<TAB>audio_rate<TAB>video_rate]` line
+           per set ('-' for no rate); the model is loaded once, each job reads only what its task
+           needs (wav.scp and/or video.scp of data_dir), and a job whose output is complete is skipped.
+Rates (elastic inference): --audio_rate / --video_rate pick trained compression rates.
 """
 import argparse
 import logging
@@ -34,6 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None)
     p.add_argument("--jobs", default=None, help="a TSV of task, data dir, output dir (see above)")
     p.add_argument("--task", choices=sorted(TASK_MODALITIES), default=None, help="default: the trained task")
+    p.add_argument("--audio_rate", type=int, default=None, help="default: the first trained audio rate")
+    p.add_argument("--video_rate", type=int, default=None, help="default: the first trained video rate")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--beam_size", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=32)
@@ -43,19 +46,24 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_jobs(path: str) -> List[Tuple[str, list, Path]]:
-    """jobs.tsv -> [(task, data triples, output dir)]."""
+def _rates(audio, video) -> dict:
+    return {m: int(r) for m, r in (("audio", audio), ("video", video)) if r not in (None, "-")}
+
+
+def read_jobs(path: str) -> List[Tuple[str, list, Path, dict]]:
+    """jobs.tsv -> [(task, data triples, output dir, rates)]."""
     jobs = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) != 3 or fields[0] not in TASK_MODALITIES:
-            raise ValueError(f"{path}:{n}: expected 'task<TAB>data_dir<TAB>output_dir' with task in "
-                             f"{sorted(TASK_MODALITIES)}, got {line!r}")
-        task, data_dir, out = fields
+        if len(fields) not in (3, 5) or fields[0] not in TASK_MODALITIES:
+            raise ValueError(f"{path}:{n}: expected 'task<TAB>data_dir<TAB>output_dir[<TAB>audio_rate<TAB>"
+                             f"video_rate]' with task in {sorted(TASK_MODALITIES)}, got {line!r}")
+        task, data_dir, out = fields[:3]
+        rates = _rates(*fields[3:]) if len(fields) == 5 else {}
         triples = [(f"{data_dir}/{scp}", name, kind) for scp, name, kind in (_SCP[m] for m in TASK_MODALITIES[task])]
-        jobs.append((task, triples, Path(out)))
+        jobs.append((task, triples, Path(out), rates))
     return jobs
 
 
@@ -68,9 +76,10 @@ def _complete(out: Path, triples: list) -> bool:
     return sum(1 for _ in hyp.open()) == n_in
 
 
-def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, args) -> None:
+def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, rates: dict, args) -> None:
     """Decode one set in batches with the KV cache; writes text and llm_tokens."""
     rec.task = task or rec.model.task
+    rec.rates = rates
     loader = AVSRLLMTask.build_streaming_iterator(
         triples,
         preprocess_fn=rec.preprocess,
@@ -85,7 +94,8 @@ def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, a
     out.mkdir(parents=True, exist_ok=True)
     n_utt, start = 0, time.perf_counter()
     with (out / "text").open("w", encoding="utf-8") as f_text, (out / "llm_tokens").open("w") as f_tok:
-        for keys, batch in tqdm(loader, desc=f"decoding {rec.task} -> {out}", unit="batch", file=sys.stderr):
+        for keys, batch in tqdm(loader, desc=f"decoding {rec.task} {rates or ''} -> {out}", unit="batch",
+                                file=sys.stderr):
             result = rec.recognize_batch(batch)
             for key, text, n in zip(keys, result["text"], result["llm_tokens"]):
                 f_text.write(f"{key} {text}\n")
@@ -101,18 +111,19 @@ def main(cmd=None):
     if args.jobs:
         jobs = read_jobs(args.jobs)
     elif args.output_dir and args.data_path_and_name_and_type:
-        jobs = [(args.task, args.data_path_and_name_and_type, Path(args.output_dir))]
+        jobs = [(args.task, args.data_path_and_name_and_type, Path(args.output_dir),
+                 _rates(args.audio_rate, args.video_rate))]
     else:
         sys.exit("give --jobs, or --data_path_and_name_and_type and --output_dir")
     rec = AVSRRecognizer(
         args.train_config, args.model_file, device="cuda" if args.ngpu > 0 else "cpu",
         task=args.task, beam_size=args.beam_size, max_new_tokens=args.max_new_tokens,
     )
-    for task, triples, out in jobs:
+    for task, triples, out, rates in jobs:
         if args.jobs and _complete(out, triples):
             logging.info(f"skip {out}: complete")
             continue
-        decode(rec, task, triples, out, args)
+        decode(rec, task, triples, out, rates, args)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,11 @@ class HFCausalLMDecoder(torch.nn.Module):
         """The transformers CausalLM model (inside the peft wrapper when LoRA is on)."""
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
 
+    def activate(self, task: str) -> None:
+        """Select the LoRA adapters of `task` (a no-op for one shared adapter or none)."""
+        if self.lora is not None:
+            self.lora.activate(task)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.base_model.get_input_embeddings().weight.dtype

@@ -1,25 +1,31 @@
-"""How LoRA adapters are put on the frozen LLM (through peft).
+"""How LoRA adapters are put on the frozen LLM (through peft): Omni-AVSR's three strategies.
 
-`SharedLoRA` is strategy "S": one adapter serves every task. The task-specific strategies of
-Omni-AVSR ("T", "ST") follow the same interface: `apply(llm)` returns the wrapped model and
-`activate(task)` selects the adapters for the sequences that follow.
+- S  (`SharedLoRA`):     one adapter serves every task.
+- T  (`TaskLoRA`):       one adapter per task; a sequence goes through its task's adapter only.
+- ST (`SharedTaskLoRA`): the shared adapter plus the task's adapter, their updates summed.
+
+`apply(llm)` wraps the model; `activate(task)` selects the adapters for the sequences that follow
+(peft's active adapters: several active LoRA adapters add their updates). peft cannot mix
+adapters inside one training batch, so the model groups sequences by task when a strategy is
+`per_task`.
 """
-from typing import Optional, Sequence
+from typing import List, Sequence
 
 import torch
 
 
 class SharedLoRA:
-    """One LoRA adapter on `target_modules` of every layer, used for all tasks.
+    """Strategy S: one LoRA adapter on `target_modules` of every layer, used for all tasks.
 
     Args:
         r: LoRA rank.
         alpha: LoRA alpha (the update is scaled by alpha / r).
         dropout: dropout on the LoRA branch input.
         target_modules: names of the linear layers to adapt (Llama/Qwen: q_proj, v_proj, ...).
+        tasks: the model's tasks (the task-specific strategies make one adapter per task).
     """
 
-    adapter_names = ("shared",)
+    per_task = False
 
     def __init__(
         self,
@@ -27,6 +33,7 @@ class SharedLoRA:
         alpha: float = 32.0,
         dropout: float = 0.05,
         target_modules: Sequence[str] = ("q_proj", "v_proj"),
+        tasks: Sequence[str] = ("asr", "vsr", "avsr"),
     ):
         if r < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {r}")
@@ -34,16 +41,21 @@ class SharedLoRA:
         self.alpha = alpha
         self.dropout = dropout
         self.target_modules = list(target_modules)
+        self.tasks = list(tasks)
+        self.peft_model = None
+
+    @property
+    def adapter_names(self) -> List[str]:
+        return ["shared"]
+
+    def adapters_for(self, task: str) -> List[str]:
+        return ["shared"]
 
     def peft_config(self):
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_modules,
-            bias="none",
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules, bias="none"
         )
 
     def apply(self, llm: torch.nn.Module) -> torch.nn.Module:
@@ -56,7 +68,47 @@ class SharedLoRA:
                 f"LoRA target_modules {unknown} do not exist in {type(llm).__name__}; "
                 f"linear layers it has include: {sorted(n for n in names if n.endswith('proj'))}"
             )
-        return get_peft_model(llm, self.peft_config(), adapter_name="shared")
+        first, *rest = self.adapter_names
+        model = get_peft_model(llm, self.peft_config(), adapter_name=first)
+        for name in rest:
+            model.add_adapter(name, self.peft_config())
+        self.peft_model = model
+        self._lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
+        self.activate(self.tasks[0])
+        return model
 
-    def activate(self, task: Optional[str] = None) -> None:
-        """One adapter for every task: nothing to switch."""
+    def activate(self, task: str) -> None:
+        """Make the adapters of `task` the active ones, the ones its sequences go through."""
+        names = self.adapters_for(task)
+        # LoraModel.set_adapter takes a list (PeftModel.set_adapter only one name)
+        self.peft_model.base_model.set_adapter(names if len(names) > 1 else names[0])
+        # peft also freezes the inactive adapters; keep every adapter trainable, or the gradient of
+        # a task whose pass ran earlier in this step would be dropped.
+        for p in self._lora_params:
+            p.requires_grad_(True)
+
+
+class TaskLoRA(SharedLoRA):
+    """Strategy T: one adapter per task."""
+
+    per_task = True
+
+    @property
+    def adapter_names(self) -> List[str]:
+        return list(self.tasks)
+
+    def adapters_for(self, task: str) -> List[str]:
+        if task not in self.tasks:
+            raise ValueError(f"no LoRA adapter for task {task!r}: this model has {self.tasks}")
+        return [task]
+
+
+class SharedTaskLoRA(TaskLoRA):
+    """Strategy ST: the shared adapter plus one adapter per task, summed."""
+
+    @property
+    def adapter_names(self) -> List[str]:
+        return ["shared", *self.tasks]
+
+    def adapters_for(self, task: str) -> List[str]:
+        return ["shared", *super().adapters_for(task)]

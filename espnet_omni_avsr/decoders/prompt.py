@@ -11,8 +11,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from espnet_omni_avsr.decoders.llm_tokenizer import MODALITY_TOKENS
+from espnet_omni_avsr.utils.rates import TASK_MODALITIES
 
-TASK_MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
 DEFAULT_INSTRUCTIONS = {
     "asr": "Transcribe speech to text.",
     "vsr": "Transcribe video to text.",

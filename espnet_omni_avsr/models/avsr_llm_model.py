@@ -1,5 +1,6 @@
 """The ESPnet model: modality branches feed compressed tokens to a frozen LLM decoder."""
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+import itertools
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from espnet2.train.abs_espnet_model import AbsESPnetModel
@@ -8,24 +9,31 @@ from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.decoders.prompt import IGNORE_ID, TASK_MODALITIES, PromptLayout
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
+from espnet_omni_avsr.utils.rates import condition_label
 
 _INPUT_NAMES = {"audio": "speech", "video": "video"}
+RATE_SAMPLING = ("one_pair", "all_pairs")
+Tokens = Tuple[torch.Tensor, torch.Tensor]  # (B, T, D_llm), (B,)
 
 
 class AVSRLLMModel(AbsESPnetModel):
-    """ASR / VSR / AVSR with an LLM reading audio and/or video tokens (Llama-AVSR).
+    """ASR / VSR / AVSR with an LLM reading audio and/or video tokens.
 
-    With several tasks the model is trained on all of them at once (Omni-AVSR's multi-task
-    step): the encoders run once per batch, every task's prompts go through the LLM together as
-    one batch, and the loss is sum_t(weight_t * loss_t) / number_of_tasks.
+    One task at one rate per modality is Llama-AVSR. Several tasks make Omni-AVSR's multi-task
+    step: the encoders run once per batch and the loss is sum_t(weight_t * loss_t) / n_tasks.
+    Branches with several compression rates make matryoshka training: each training step uses one
+    randomly drawn audio rate and one video rate (`one_pair`, Omni-AVSR) or every combination,
+    averaged (`all_pairs`, Llama-MTSK); validation always uses every combination.
 
     Args:
-        decoder: the LLM decoder.
+        decoder: the LLM decoder (with its LoRA strategy).
         audio: the audio branch (None when no task of this model hears audio).
         video: the video branch (None when no task of this model sees video).
         tasks: any of "asr", "vsr", "avsr"; the first is the default for decoding.
         task_weights: one weight per task (default 1 each; Omni-AVSR: asr 1, vsr 1.5, avsr 1).
-        batched_tasks: one LLM pass for all tasks (True) or one pass per task.
+        rate_sampling: "one_pair" or "all_pairs" (see above).
+        batched_tasks: put the prompts of all tasks and rates through the LLM as one batch (True)
+            or one pass each. With task-specific LoRA adapters, passes are grouped by task.
         instructions: task -> instruction text (defaults: the papers' instructions).
         save_frozen_pretrained: keep the frozen weights that were loaded from a pretrained folder
             (LLM, Whisper) in checkpoints. Off by default: they reload from their folders, and a
@@ -39,6 +47,7 @@ class AVSRLLMModel(AbsESPnetModel):
         video: Optional[ModalityBranch] = None,
         tasks: Sequence[str] = ("avsr",),
         task_weights: Optional[Sequence[float]] = None,
+        rate_sampling: str = "one_pair",
         batched_tasks: bool = True,
         instructions: Optional[Mapping[str, str]] = None,
         save_frozen_pretrained: bool = False,
@@ -51,11 +60,14 @@ class AVSRLLMModel(AbsESPnetModel):
         weights = [1.0] * len(tasks) if task_weights is None else [float(w) for w in task_weights]
         if len(weights) != len(tasks):
             raise ValueError(f"task_weights {weights} must give one weight per task {tasks}")
+        if rate_sampling not in RATE_SAMPLING:
+            raise ValueError(f"rate_sampling must be one of {RATE_SAMPLING}, got {rate_sampling!r}")
         self.decoder = decoder
         self.audio = audio
         self.video = video
         self.tasks = tasks
         self.task_weights = dict(zip(tasks, weights))
+        self.rate_sampling = rate_sampling
         self.batched_tasks = batched_tasks
         for m in sorted({m for t in tasks for m in TASK_MODALITIES[t]}):
             if getattr(self, m) is None:
@@ -72,11 +84,12 @@ class AVSRLLMModel(AbsESPnetModel):
         """The default task for decoding."""
         return self.tasks[0]
 
+    def rates(self, modality: str) -> List[int]:
+        return getattr(self, modality).rates
+
     # ---------------------------------------------------------------------------------------------
-    def modality_tokens(
-        self, tasks: Sequence[str], batch: Mapping[str, torch.Tensor]
-    ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-        """Run each branch the tasks need once: name -> (tokens (B, T_m, D_llm), lengths (B,))."""
+    def encode(self, tasks: Sequence[str], batch: Mapping[str, torch.Tensor]) -> Dict[str, Tokens]:
+        """Run the front end and encoder of each modality the tasks need, once."""
         out = {}
         for m in sorted({m for t in tasks for m in TASK_MODALITIES[t]}):
             name = _INPUT_NAMES[m]
@@ -86,8 +99,23 @@ class AVSRLLMModel(AbsESPnetModel):
                     f"--*_data_path_and_name_and_type <dir>/{name}.scp,{name},"
                     f"{'sound' if name == 'speech' else 'video'}"
                 )
-            out[m] = getattr(self, m)(batch[name], batch[name + "_lengths"])
+            out[m] = getattr(self, m).encode(batch[name], batch[name + "_lengths"])
         return out
+
+    def modality_tokens(
+        self, tasks: Sequence[str], batch: Mapping[str, torch.Tensor], rates: Optional[Mapping[str, int]] = None
+    ) -> Dict[str, Tokens]:
+        """name -> (tokens (B, T_m, D_llm), lengths (B,)) at `rates` (default: each first rate)."""
+        feats = self.encode(tasks, batch)
+        rates = rates or {}
+        return {m: getattr(self, m).tokenize(*f, rates.get(m, self.rates(m)[0])) for m, f in feats.items()}
+
+    def rate_conditions(self, task: str, drawn: Optional[Mapping[str, int]] = None) -> List[Dict[str, int]]:
+        """The rate combinations a task trains on in this step."""
+        mods = TASK_MODALITIES[task]
+        if drawn is not None:
+            return [{m: drawn[m] for m in mods}]
+        return [dict(zip(mods, c)) for c in itertools.product(*(self.rates(m) for m in mods))]
 
     def forward(
         self,
@@ -99,49 +127,81 @@ class AVSRLLMModel(AbsESPnetModel):
         video_lengths: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
-        """Teacher-forced cross entropy on the transcript tokens and EOS, weighted over tasks.
+        """Teacher-forced cross entropy on the transcript tokens and EOS, over tasks and rates.
 
         Args:
             text: (B, L) transcript ids from the LLM tokenizer, padded with -1.
             speech: (B, S) 16 kHz waveform; video: (B, T, H, W) mouth-ROI frames.
         """
         batch = dict(speech=speech, speech_lengths=speech_lengths, video=video, video_lengths=video_lengths)
-        tokens = self.modality_tokens(self.tasks, batch)
-        if self.batched_tasks:
-            per_task = self.task_losses(self.tasks, tokens, text, text_lengths)
-        else:
-            per_task = {}
-            for t in self.tasks:
-                per_task.update(self.task_losses([t], tokens, text, text_lengths))
-        loss = sum(self.task_weights[t] * per_task[t][0] for t in self.tasks) / len(self.tasks)
-        n_tok = sum(per_task[t][2] for t in self.tasks)
-        acc = sum(per_task[t][1] * per_task[t][2] for t in self.tasks) / n_tok
-        stats = dict(loss=loss.detach(), acc=acc)
-        if len(self.tasks) > 1:
-            for t in self.tasks:
-                stats[f"loss_{t}"], stats[f"acc_{t}"] = per_task[t][0].detach(), per_task[t][1]
+        feats = self.encode(self.tasks, batch)
+        drawn = None
+        if self.training and self.rate_sampling == "one_pair":
+            drawn = {m: self.rates(m)[int(torch.randint(len(self.rates(m)), ()))] for m in feats}
+        cache: Dict[Tuple[str, int], Tokens] = {}
+
+        def tokens(m: str, rate: int) -> Tokens:
+            if (m, rate) not in cache:
+                cache[m, rate] = getattr(self, m).tokenize(*feats[m], rate)
+            return cache[m, rate]
+
+        jobs = [(t, r) for t in self.tasks for r in self.rate_conditions(t, drawn)]
+        results = self.sequence_losses(
+            [(t, {m: tokens(m, rate) for m, rate in r.items()}) for t, r in jobs], text, text_lengths
+        )
+        stats, task_loss = {}, {}
+        for t in self.tasks:
+            mine = [res for (tj, _), res in zip(jobs, results) if tj == t]
+            task_loss[t] = sum(res[0] for res in mine) / len(mine)
+            if len(self.tasks) > 1:
+                n = sum(res[2] for res in mine)
+                stats[f"loss_{t}"] = task_loss[t].detach()
+                stats[f"acc_{t}"] = sum(res[1] * res[2] for res in mine) / n
+        if len(jobs) > len(self.tasks):
+            for (t, r), res in zip(jobs, results):
+                stats[f"loss_{condition_label(t, r)}"] = res[0].detach()
+        loss = sum(self.task_weights[t] * task_loss[t] for t in self.tasks) / len(self.tasks)
+        n_tok = sum(res[2] for res in results)
+        stats["loss"] = loss.detach()
+        stats["acc"] = sum(res[1] * res[2] for res in results) / n_tok
         weight = torch.tensor(float(text.size(0)), device=loss.device)
         return loss, stats, weight
 
-    def task_losses(
+    def sequence_losses(
         self,
-        tasks: Sequence[str],
-        tokens: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
+        jobs: Sequence[Tuple[str, Dict[str, Tokens]]],
         text: torch.Tensor,
         text_lengths: torch.Tensor,
-    ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Task -> (mean token cross entropy on transcript+EOS, token accuracy, token count).
+    ) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """For each (task, tokens) job: (mean token cross entropy on transcript+EOS, accuracy, count).
 
-        The prompts of all `tasks` are stacked along the batch and go through the LLM as one pass.
+        Jobs go through the LLM together (batched_tasks) or one by one; with task-specific LoRA
+        adapters, the jobs of one task form a pass with that task's adapters active.
         """
+        if not self.batched_tasks:
+            groups = [[i] for i in range(len(jobs))]
+        elif self.decoder.lora is not None and self.decoder.lora.per_task:
+            groups = [[i for i, (t, _) in enumerate(jobs) if t == task] for task in dict.fromkeys(t for t, _ in jobs)]
+        else:
+            groups = [list(range(len(jobs)))]
+        results: List = [None] * len(jobs)
+        for group in groups:
+            self.decoder.activate(jobs[group[0]][0])
+            for i, res in zip(group, self._pass([jobs[i] for i in group], text, text_lengths)):
+                results[i] = res
+        return results
+
+    def _pass(self, jobs, text, text_lengths):
+        """One LLM pass over the prompts of several jobs stacked along the batch."""
         parts = [
-            self.prompt.build(self.decoder.embed, t, tokens, text, text_lengths, padding_side="right")
-            for t in tasks
+            self.prompt.build(self.decoder.embed, t, tok, text, text_lengths, padding_side="right") for t, tok in jobs
         ]
         n_max = max(p[0].size(1) for p in parts)
-        right = lambda x, value: torch.nn.functional.pad(  # noqa: E731
-            x, (0, 0, 0, n_max - x.size(1)) if x.dim() == 3 else (0, n_max - x.size(1)), value=value
-        )
+
+        def right(x: torch.Tensor, value) -> torch.Tensor:
+            pad = (0, 0, 0, n_max - x.size(1)) if x.dim() == 3 else (0, n_max - x.size(1))
+            return torch.nn.functional.pad(x, pad, value=value)
+
         embeds = torch.cat([right(e, 0.0) for e, _, _ in parts])
         mask = torch.cat([right(m, 0) for _, m, _ in parts])
         labels = torch.cat([right(lab, IGNORE_ID) for _, _, lab in parts])
@@ -154,10 +214,10 @@ class AVSRLLMModel(AbsESPnetModel):
         hit = (logits.argmax(-1) == gold).float()
         row = torch.arange(keep.size(0), device=keep.device)[:, None].expand_as(keep)[keep]
         batch = text.size(0)
-        out = {}
-        for i, t in enumerate(tasks):
+        out = []
+        for i in range(len(jobs)):
             sel = (row >= i * batch) & (row < (i + 1) * batch)
-            out[t] = (ce[sel].mean(), hit[sel].mean().detach(), sel.sum().detach())
+            out.append((ce[sel].mean(), hit[sel].mean().detach(), sel.sum().detach()))
         return out
 
     @torch.no_grad()
@@ -168,14 +228,22 @@ class AVSRLLMModel(AbsESPnetModel):
         video: Optional[torch.Tensor] = None,
         video_lengths: Optional[torch.Tensor] = None,
         task: Optional[str] = None,
+        rates: Optional[Mapping[str, int]] = None,
         max_new_tokens: int = 32,
         num_beams: int = 1,
         **generate_kwargs,
     ):
-        """Batched decoding; returns (list of hypothesis strings, number of LLM input tokens per utt)."""
+        """Batched decoding of one task at chosen rates (elastic inference; default: the first
+        trained rate of each modality). Returns (hypotheses, LLM input tokens per utterance)."""
         task = task or self.task
+        if task not in TASK_MODALITIES:
+            raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
+        for m, r in (rates or {}).items():
+            if m in TASK_MODALITIES[task]:
+                getattr(self, m).check_rate(r)
         batch = dict(speech=speech, speech_lengths=speech_lengths, video=video, video_lengths=video_lengths)
-        tokens = self.modality_tokens([task], batch)
+        tokens = self.modality_tokens([task], batch, rates)
+        self.decoder.activate(task)
         embeds, mask, _ = self.prompt.build(self.decoder.embed, task, tokens, padding_side="left")
         out = self.decoder.generate(embeds, mask, max_new_tokens=max_new_tokens, num_beams=num_beams, **generate_kwargs)
         texts = self.decoder.tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -1,5 +1,9 @@
-"""One modality's path from raw input to LLM-sized tokens: front end -> encoder -> compressor -> projector."""
-from typing import Optional, Tuple
+"""One modality's path from raw input to LLM-sized tokens: front end -> encoder -> compressor -> projector.
+
+A branch may compress at several rates (matryoshka training, elastic inference): one compressor
+per rate, and one projector per rate or one shared by all rates.
+"""
+from typing import List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -14,29 +18,47 @@ def _trainable(module: Optional[torch.nn.Module]) -> bool:
 class ModalityBranch(torch.nn.Module):
     """Audio or video tokens for the LLM.
 
-    `encode` runs the (usually frozen) front end and encoder; `tokenize` compresses and projects.
-    They are separate so that one encoding can feed several compression rates (matryoshka
-    training). Frozen parts run under no_grad.
+    `encode` runs the (usually frozen) front end and encoder once; `tokenize` compresses and
+    projects at one rate, so one encoding can feed several rates. Frozen parts run under no_grad.
 
     Args:
         frontend: raw input (B, S, ...) + lengths -> features (B, T, F) + lengths.
         encoder: ESPnet AbsEncoder, (B, T, F) -> (B, T', D) (None: the front end's features).
-        compressor: (B, T', D) -> (B, ceil(T'/rate), D').
-        projector: (B, T'', D') -> (B, T'', llm_hidden).
+        compressors: rate -> compressor, (B, T', D) -> (B, ceil(T'/rate), D_rate).
+        projectors: rate -> projector into the LLM's hidden size, or one projector for all rates.
     """
 
     def __init__(
         self,
         frontend: torch.nn.Module,
         encoder: Optional[torch.nn.Module],
-        compressor: AbsCompressor,
-        projector: AbsProjector,
+        compressors: Mapping[int, AbsCompressor],
+        projectors: Union[Mapping[int, AbsProjector], AbsProjector],
     ):
         super().__init__()
+        if not compressors:
+            raise ValueError("a modality branch needs at least one compressor (one rate)")
         self.frontend = frontend
         self.encoder = encoder
-        self.compressor = compressor
-        self.projector = projector
+        self.compressors = torch.nn.ModuleDict({str(r): c for r, c in compressors.items()})
+        if isinstance(projectors, torch.nn.Module):
+            sizes = {c.output_size() for c in compressors.values()}
+            if len(sizes) > 1:
+                raise ValueError(f"one shared projector needs one compressor output size, got {sorted(sizes)}")
+            self.projectors = torch.nn.ModuleDict({"shared": projectors})
+        else:
+            if set(projectors) != set(compressors):
+                raise ValueError(f"projector rates {sorted(projectors)} differ from compressor rates {sorted(compressors)}")
+            self.projectors = torch.nn.ModuleDict({str(r): p for r, p in projectors.items()})
+
+    @property
+    def rates(self) -> List[int]:
+        """The trained compression rates, in configuration order (the first is the default)."""
+        return [int(r) for r in self.compressors]
+
+    def check_rate(self, rate: int) -> None:
+        if str(rate) not in self.compressors:
+            raise ValueError(f"rate {rate} is not one this branch was trained at: {self.rates}")
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.frontend)):
@@ -46,9 +68,16 @@ class ModalityBranch(torch.nn.Module):
                 feats, lengths, _ = self.encoder(feats, lengths)
         return feats, lengths
 
-    def tokenize(self, feats: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        tokens, lengths = self.compressor(feats, lengths)
-        return self.projector(tokens), lengths
+    def tokenize(
+        self, feats: torch.Tensor, lengths: torch.Tensor, rate: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self.check_rate(rate)
+        tokens, lengths = self.compressors[str(rate)](feats, lengths)
+        projector = self.projectors["shared"] if "shared" in self.projectors else self.projectors[str(rate)]
+        return projector(tokens), lengths
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.tokenize(*self.encode(x, lengths))
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, rate: Optional[int] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = self.encode(x, lengths)
+        return self.tokenize(feats, lengths, self.rates[0] if rate is None else rate)

@@ -28,7 +28,7 @@ from espnet_omni_avsr.data.collate import AVSRCollateFn
 from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
 from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
-from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA
+from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA, SharedTaskLoRA, TaskLoRA
 from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend
@@ -65,7 +65,9 @@ video_projector_choices = _optional("video_projector", PROJECTORS, AbsProjector)
 decoder_choices = ClassChoices(
     name="decoder", classes=dict(hf_causal_lm=HFCausalLMDecoder), type_check=torch.nn.Module, default="hf_causal_lm"
 )
-lora_choices = ClassChoices(name="lora", classes=dict(shared=SharedLoRA), default=None, optional=True)
+lora_choices = ClassChoices(
+    name="lora", classes=dict(shared=SharedLoRA, task=TaskLoRA, shared_task=SharedTaskLoRA), default=None, optional=True
+)
 model_choices = ClassChoices(
     name="model", classes=dict(avsr_llm=AVSRLLMModel), type_check=torch.nn.Module, default="avsr_llm"
 )
@@ -107,15 +109,27 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
         if frozen:
             encoder.requires_grad_(False)
         size = encoder.output_size()
-    # 3. compressor: T -> ceil(T / rate)
-    compressor = choices["compressor"].get_class(getattr(args, f"{prefix}_compressor"))(
-        input_size=size, **conf("compressor")
-    )
-    # 4. projector into the LLM's embedding space
-    projector = choices["projector"].get_class(getattr(args, f"{prefix}_projector"))(
-        input_size=compressor.output_size(), output_size=llm_hidden, **conf("projector")
-    )
-    return ModalityBranch(frontend, encoder, compressor, projector)
+    # 3. compressors, one per rate: T -> ceil(T / rate)
+    comp_class = choices["compressor"].get_class(getattr(args, f"{prefix}_compressor"))
+    comp_conf = conf("compressor")
+    rates = getattr(args, f"{prefix}_rates", None)
+    if rates and "rate" in comp_conf:
+        raise ValueError(f"give either {prefix}_rates or {prefix}_compressor_conf.rate, not both")
+    rates = rates or [comp_conf.pop("rate", None)]
+    if rates == [None]:
+        raise ValueError(f"set {prefix}_compressor_conf.rate (one rate) or {prefix}_rates (several)")
+    compressors = {int(r): comp_class(input_size=size, rate=int(r), **comp_conf) for r in rates}
+    # 4. projector(s) into the LLM's embedding space: one per rate, or one shared
+    proj_class = choices["projector"].get_class(getattr(args, f"{prefix}_projector"))
+
+    def projector(in_size: int):
+        return proj_class(input_size=in_size, output_size=llm_hidden, **conf("projector"))
+
+    if getattr(args, "share_projector", False):
+        projectors = projector(next(iter(compressors.values())).output_size())
+    else:
+        projectors = {r: projector(c.output_size()) for r, c in compressors.items()}
+    return ModalityBranch(frontend, encoder, compressors, projectors)
 
 
 class AVSRLLMTask(AbsTask):
@@ -143,6 +157,18 @@ class AVSRLLMTask(AbsTask):
         group = parser.add_argument_group(description="Task related")
         group.add_argument(
             "--use_preprocessor", type=str2bool, default=True, help="Tokenize text and check inputs in the loader"
+        )
+        group.add_argument(
+            "--audio_rates", type=int, nargs="+", default=None,
+            help="Matryoshka: audio compression rates, one compressor each (default: audio_compressor_conf.rate)",
+        )
+        group.add_argument(
+            "--video_rates", type=int, nargs="+", default=None,
+            help="Matryoshka: video compression rates, one compressor each (default: video_compressor_conf.rate)",
+        )
+        group.add_argument(
+            "--share_projector", type=str2bool, default=False,
+            help="One projector for all rates of a modality instead of one per rate",
         )
         for class_choices in cls.class_choices_list:
             class_choices.add_arguments(group)
@@ -182,7 +208,9 @@ class AVSRLLMTask(AbsTask):
         # 1. the LLM decoder (with LoRA); its hidden size fixes the projectors' output size
         lora = None
         if getattr(args, "lora", None) is not None:
-            lora = lora_choices.get_class(args.lora)(**(args.lora_conf or {}))
+            tasks = (args.model_conf or {}).get("tasks", ["avsr"])
+            lora = lora_choices.get_class(args.lora)(tasks=[tasks] if isinstance(tasks, str) else tasks,
+                                                     **(args.lora_conf or {}))
         decoder = decoder_choices.get_class(args.decoder)(lora=lora, **(args.decoder_conf or {}))
         # 2. modality branches
         audio = _build_branch(args, "audio", decoder.hidden_size)

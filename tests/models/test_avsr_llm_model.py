@@ -167,7 +167,7 @@ def test_multitask_loss_is_weighted_sum_of_single_task_losses(multitask):
     separate = {}
     for task in ("asr", "vsr", "avsr"):
         single = multitask.modality_tokens([task], batch)
-        separate[task] = multitask.task_losses([task], single, batch["text"], batch["text_lengths"])[task][0]
+        separate[task] = multitask.sequence_losses([(task, single)], batch["text"], batch["text_lengths"])[0][0]
         assert torch.allclose(stats[f"loss_{task}"], separate[task], atol=1e-5), task
     expected = (separate["asr"] + 1.5 * separate["vsr"] + separate["avsr"]) / 3
     assert torch.allclose(loss, expected, atol=1e-5)

@@ -5,7 +5,7 @@
 #  1 data preparation (local/data.sh: Kaldi-style data/<set>/)   7 collect stats (shape files)
 #  2 video preprocessing (mouth ROI) -> dump/<set>/video.scp        8 training
 #  3 audio formatting (16 kHz) and audio/video length checks        9 model selection (averaged / best)
-#  4 length/quality filtering, with a report of what was dropped    10 decoding: test set x task (x SNR)
+#  4 length/quality filtering, with a report of what was dropped    10 decoding: test set x task x rate (x SNR)
 #  5 noise: babble from training speech, noisy test sets            11 scoring (sclite) -> RESULTS.md
 #  6 pretrained models and tokenizer                               12 pack the model into one archive
 # Filtering comes before noise so that the noisy test sets hold exactly the kept utterances.
@@ -109,15 +109,17 @@ stage9() {
         fi
     done
     echo "no trained model in ${exp}" >&2; return 1; }
-stage10() {  # one process decodes every test set x task x condition (the model loads once)
-    local s t cond src jobs="${exp}/decode_${inference_tag}/jobs.tsv"
+stage10() {  # one process decodes every test set x task x trained rate x SNR (the model loads once)
+    local s t label ar vr cond src jobs="${exp}/decode_${inference_tag}/jobs.tsv"
     mkdir -p "$(dirname "${jobs}")"; : > "${jobs}"
-    for s in ${test_sets}; do
-        for t in ${decode_tasks}; do
+    python -m espnet_omni_avsr.utils.rates --config "${exp}/config.yaml" --tasks "${decode_tasks}" |
+    while IFS=$'\t' read -r t label ar vr; do
+        for s in ${test_sets}; do
             for cond in clean ${snrs}; do
                 [ "${cond}" != clean ] && [ "${t}" = vsr ] && continue  # noise touches audio only
                 [ "${cond}" = clean ] && src="${dumpdir}/${s}" || src="${dumpdir}/${s}_snr${cond}"
-                printf '%s\t%s\t%s\n' "${t}" "${src}" "${exp}/decode_${inference_tag}/${s}/${t}/snr_${cond}" >> "${jobs}"
+                printf '%s\t%s\t%s\t%s\t%s\n' "${t}" "${src}" \
+                    "${exp}/decode_${inference_tag}/${s}/${label}/snr_${cond}" "${ar}" "${vr}" >> "${jobs}"
             done
         done
     done

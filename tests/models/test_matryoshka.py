@@ -1,0 +1,99 @@
+"""Several compression rates per modality: matryoshka training and elastic inference."""
+import pytest
+import torch
+
+from espnet_omni_avsr.utils.rates import conditions
+from tests.models.conftest import build, tiny_config
+from tests.models.test_avsr_llm_model import make_batch
+
+
+def _config(llm, whisper, **model_conf):
+    config = tiny_config(llm, whisper)
+    config["audio_compressor_conf"] = {}
+    config["video_compressor_conf"] = {}
+    config.update(audio_rates=[2, 4], video_rates=[1, 2], audio_compressor="avg_pool")
+    config["model_conf"] = dict(tasks=["asr", "vsr", "avsr"], task_weights=[1.0, 1.5, 1.0], **model_conf)
+    return config
+
+
+@pytest.fixture
+def mtsk(tiny_llm_dir, tiny_whisper_dir):
+    torch.manual_seed(0)
+    model, _ = build(_config(tiny_llm_dir, tiny_whisper_dir, rate_sampling="all_pairs"))
+    return model
+
+
+def test_one_compressor_and_projector_per_rate(mtsk):
+    assert mtsk.rates("audio") == [2, 4] and mtsk.rates("video") == [1, 2]
+    assert set(mtsk.audio.projectors) == {"2", "4"} and set(mtsk.video.compressors) == {"1", "2"}
+
+
+def test_all_pairs_loss_is_the_mean_over_rates(mtsk):
+    mtsk.eval()
+    batch = make_batch(mtsk.decoder.tokenizer)
+    loss, stats, _ = mtsk(**batch)
+    feats = mtsk.encode(["avsr"], batch)
+    separate = {}
+    for task, rates in [("asr", {"audio": 2}), ("asr", {"audio": 4}), ("vsr", {"video": 1}), ("vsr", {"video": 2})] + [
+            ("avsr", {"audio": a, "video": v}) for a in (2, 4) for v in (1, 2)]:
+        tok = {m: getattr(mtsk, m).tokenize(*feats[m], r) for m, r in rates.items()}
+        separate.setdefault(task, []).append(mtsk.sequence_losses([(task, tok)], batch["text"], batch["text_lengths"])[0][0])
+    per_task = {t: sum(v) / len(v) for t, v in separate.items()}
+    assert torch.allclose(stats["loss_avsr_a4v1"], separate["avsr"][2], atol=1e-5)
+    expected = (per_task["asr"] + 1.5 * per_task["vsr"] + per_task["avsr"]) / 3
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_one_pair_draws_one_rate_per_modality_in_training(tiny_llm_dir, tiny_whisper_dir):
+    model, _ = build(_config(tiny_llm_dir, tiny_whisper_dir, rate_sampling="one_pair"))
+    batch = make_batch(model.decoder.tokenizer)
+    model.train()
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        _, stats, _ = model(**batch)
+        assert not any(k.startswith("loss_avsr_") for k in stats)  # one condition per task
+    model.eval()
+    _, stats, _ = model(**batch)  # validation covers every pair
+    seen = {k for k in stats if k.startswith("loss_avsr_")}
+    assert seen == {"loss_avsr_a2v1", "loss_avsr_a2v2", "loss_avsr_a4v1", "loss_avsr_a4v2"}
+
+
+def test_shared_projector(tiny_llm_dir, tiny_whisper_dir):
+    config = _config(tiny_llm_dir, tiny_whisper_dir)
+    config["share_projector"] = True
+    config["video_compressor"] = "avg_pool"
+    model, _ = build(config)
+    assert set(model.audio.projectors) == {"shared"}
+    config["video_compressor"] = "stack"  # rate-dependent sizes cannot share a projector
+    with pytest.raises(ValueError, match="one shared projector"):
+        build(config)
+
+
+def test_rate_given_twice_is_refused(tiny_llm_dir, tiny_whisper_dir):
+    config = _config(tiny_llm_dir, tiny_whisper_dir)
+    config["audio_compressor_conf"] = dict(rate=4)
+    with pytest.raises(ValueError, match="not both"):
+        build(config)
+
+
+def test_elastic_decoding_at_every_trained_rate(mtsk, tiny_llm_dir, tiny_whisper_dir):
+    mtsk.eval()
+    batch = make_batch(mtsk.decoder.tokenizer)
+    inputs = {k: v for k, v in batch.items() if not k.startswith("text")}
+    conds = conditions(_config(tiny_llm_dir, tiny_whisper_dir))
+    assert [c["label"] for c in conds] == ["asr_a2", "asr_a4", "vsr_v1", "vsr_v2",
+                                           "avsr_a2v1", "avsr_a2v2", "avsr_a4v1", "avsr_a4v2"]
+    for c in conds:
+        hyps, n_tok = mtsk.recognize(**inputs, task=c["task"], rates=c["rates"], max_new_tokens=3)
+        assert len(hyps) == 2
+        expected = sum(-(-n // r) for m, r in c["rates"].items()
+                       for n in [[50, 30][0] if m == "audio" else 25])  # first utterance: 1 s
+        assert int(n_tok[0]) == expected
+
+
+def test_untrained_rate_is_refused(mtsk):
+    batch = make_batch(mtsk.decoder.tokenizer)
+    inputs = {k: v for k, v in batch.items() if not k.startswith("text")}
+    with pytest.raises(ValueError, match=r"rate 3 is not one this branch was trained at: \[2, 4\]"):
+        mtsk.recognize(**inputs, task="asr", rates={"audio": 3})
