@@ -207,7 +207,7 @@ def format_audio(
     scp = kaldi_dir.read_table(os.path.join(data_dir, "wav.scp"))
     frames: Dict[str, int] = {}
     if av_check:
-        # stage 5 may have filtered out_dir: its complete list is the one to go by
+        # filtering may have changed out_dir: its complete list is the one to go by
         frames_path = utt2num_frames or kaldi_dir.unfiltered_path(out_dir, "utt2num_frames")
         if not os.path.isfile(frames_path):
             raise PrepError(
@@ -230,7 +230,7 @@ def format_audio(
         logger.info("shard %s done; other shards are pending: run again without --shard to merge", shard)
         return StageResult(run)
     if kaldi_dir.restore_unfiltered(out_dir):
-        logger.warning("%s had been filtered (stage 5); its unfiltered lists are restored: run stage 5 again", out_dir)
+        logger.warning("%s had been filtered; its unfiltered lists are restored: run the filtering stage (filter_data) again", out_dir)
     ok = {uid: r for uid, r in run.results.items() if r["ok"]}
     bad = [kaldi_dir.ItemRecord(u, STAGE, r["reason"]) for u, r in run.results.items() if not r["ok"]]
     if av_check:

@@ -1,4 +1,4 @@
-"""Stage 5: drop what the earlier stages rejected and what falls outside the length limits.
+"""The filtering stage: drop what the earlier stages rejected and what falls outside the length limits.
 
 An utterance of ``dump/<set>`` is dropped when
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FilterResult:
-    """What stage 5 did.
+    """What the filtering stage did.
 
     Attributes:
         kept: ids kept, sorted.
@@ -154,7 +154,7 @@ def _durations(folder: str, names: List[str], fps: float) -> Optional[Dict[str, 
 def _write_report(path: str, dump_dir: str, data_dir: Optional[str], options: Dict, result: FilterResult) -> None:
     before = result.counts(listed=False)
     lines = [
-        f"# stage 5 filter of {dump_dir}" + (f" (bad items also from {data_dir})" if data_dir else ""),
+        f"# filter of {dump_dir}" + (f" (bad items also from {data_dir})" if data_dir else ""),
         "# options: " + " ".join(f"{k}={v}" for k, v in options.items()),
         f"listed {result.num_listed}, kept {len(result.kept)}, dropped {result.num_listed - len(result.kept)}"
         + (f"; {sum(before.values())} more items were rejected before they were listed" if before else ""),

@@ -27,7 +27,7 @@ from espnet_omni_avsr.prep.errors import PrepError
 
 BAD_ITEMS = "bad_items.tsv"
 NOTES = "notes.tsv"
-UNFILTERED = ".unfiltered"  # stage 5 keeps the lists it filtered here
+UNFILTERED = ".unfiltered"  # the filtering stage keeps the lists it filtered here
 FILTER_REPORT = "filter_report.txt"
 
 
@@ -312,7 +312,7 @@ def validate_dir(data_dir: str, required: Iterable[str] = ("utt2spk", "spk2utt")
 
 
 def restore_unfiltered(data_dir: str) -> bool:
-    """Undo stage 5 in ``data_dir``: move the lists kept in ``.unfiltered/`` back into place and
+    """Undo the filtering stage in ``data_dir``: move the lists kept in ``.unfiltered/`` back into place and
     remove filter_report.txt. Returns whether there was anything to restore.
 
     A stage that rewrites lists of a directory stage 5 has filtered calls this first, so that the

@@ -21,8 +21,8 @@ A *mode* turns one source video into the mouth ROI (``VIDEO_PREP_MODES``, chosen
 - ``bad_items.tsv``: its stage ``video`` lines replaced by this run's rejections;
 - ``notes.tsv``: stage ``video`` lines for changed videos (``resized 128x128 -> 96x96``).
 
-Merging rewrites the lists of ``dump/<set>``; if stage 5 had filtered it, its unfiltered lists are
-restored first (stage 5 must then run again).
+Merging rewrites the lists of ``dump/<set>``; if the filtering stage had filtered it, its unfiltered lists are
+restored first (filtering must then run again).
 """
 import logging
 import os
@@ -246,7 +246,7 @@ def preprocess_video(
         logger.info("shard %s done; other shards are pending: run again without --shard to merge", shard)
         return StageResult(run)
     if kaldi_dir.restore_unfiltered(out_dir):
-        logger.warning("%s had been filtered (stage 5); its unfiltered lists are restored: run stage 5 again", out_dir)
+        logger.warning("%s had been filtered; its unfiltered lists are restored: run the filtering stage (filter_data) again", out_dir)
     ok = {uid: r for uid, r in run.results.items() if r["ok"]}
     kaldi_dir.write_table(os.path.join(out_dir, "video.scp"), {u: r["path"] for u, r in ok.items()})
     kaldi_dir.write_table(os.path.join(out_dir, "utt2num_frames"), {u: r["num_frames"] for u, r in ok.items()})
