@@ -315,8 +315,8 @@ def restore_unfiltered(data_dir: str) -> bool:
     """Undo the filtering stage in ``data_dir``: move the lists kept in ``.unfiltered/`` back into place and
     remove filter_report.txt. Returns whether there was anything to restore.
 
-    A stage that rewrites lists of a directory stage 5 has filtered calls this first, so that the
-    directory is whole again (and stage 5 must run again)."""
+    A stage that rewrites lists of a directory the filtering stage has filtered calls this first, so that the
+    directory is whole again (and filtering must run again)."""
     saved = os.path.join(data_dir, UNFILTERED)
     if not os.path.isdir(saved):
         return False
@@ -330,7 +330,7 @@ def restore_unfiltered(data_dir: str) -> bool:
 
 
 def unfiltered_path(data_dir: str, name: str) -> str:
-    """``data_dir/name`` as it was before stage 5 (its copy in ``.unfiltered/`` if there is one)."""
+    """``data_dir/name`` as it was before filtering (its copy in ``.unfiltered/`` if there is one)."""
     saved = os.path.join(data_dir, UNFILTERED, name)
     return saved if os.path.isfile(saved) else os.path.join(data_dir, name)
 
