@@ -14,10 +14,8 @@ RECIPE = os.path.join(ROOT, "egs2", "avgrid", "avsr1")
 
 
 def _recipe_copy(tmp_path):
-    """Symlink the recipe's files into tmp_path so that data/, dump/ and exp/ land there."""
-    for name in os.listdir(RECIPE):
-        if name in ("data", "dump", "exp", "downloads", "pretrained", "RESULTS.md"):
-            continue
+    """Link the recipe's scripts and configs into tmp_path, so that every output lands there."""
+    for name in ("run.sh", "avsr.sh", "path.sh", "conf", "local"):
         os.symlink(os.path.realpath(os.path.join(RECIPE, name)), tmp_path / name)
     return tmp_path
 
@@ -42,7 +40,7 @@ def test_debug_recipe_all_stages(tmp_path):
 
     results = (work / "RESULTS.md").read_text()
     for task in ("asr", "vsr", "avsr"):
-        assert re.search(rf"\|\s*{task}(_[av]\d+)*\s*\|[^\n]*?\d+\.\d+", results), (task, results)
+        assert re.search(rf"\|\s*{task}(_[av0-9]+)?\s*\|[^\n]*?\d+\.\d+", results), (task, results)
     packed = list((work / "exp").glob("*/packed/*.tar"))
     assert packed, "stage 12 wrote no archive"
 
