@@ -21,6 +21,7 @@ from tqdm import tqdm
 from espnet_omni_avsr.decoders.prompt import TASK_MODALITIES
 from espnet_omni_avsr.recognizer import AVSRRecognizer
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 _SCP = {"audio": ("wav.scp", "speech", "sound"), "video": ("video.scp", "video", "video")}
 
@@ -42,7 +43,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--ngpu", type=int, default=0)
     p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--log_level", default="INFO")
+    add_log_level(p)
     return p
 
 
@@ -107,7 +108,7 @@ def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, r
 
 def main(cmd=None):
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     if args.jobs:
         jobs = read_jobs(args.jobs)
     elif args.output_dir and args.data_path_and_name_and_type:

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from espnet_omni_avsr.prep.errors import PrepError
 from espnet_omni_avsr.prep.filtering import filter_data, summary
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -31,14 +32,13 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_chars", type=int, default=None, help="characters of the transcript, spaces included")
     parser.add_argument("--fps", type=float, default=25.0,
                         help="video frame rate, for durations from utt2num_frames when there is no utt2dur")
-    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         result = filter_data(args.dump_dir, args.data_dir, min_duration=args.min_duration,
                              max_duration=args.max_duration, max_words=args.max_words,

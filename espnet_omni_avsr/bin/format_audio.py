@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from espnet_omni_avsr.prep.audio_prep import DEFAULT_MAX_AV_DIFF, format_audio
 from espnet_omni_avsr.prep.errors import PrepError
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -39,14 +40,13 @@ def get_parser() -> argparse.ArgumentParser:
                         help="format every recording and skip the length check (no video stage needed)")
     parser.add_argument("--utt2num_frames", default=None, metavar="FILE",
                         help="video frame counts for the length check; default <out_dir>/utt2num_frames")
-    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         result = format_audio(args.data_dir, args.out_dir, nj=args.nj, shard=args.shard, sample_rate=args.sample_rate,
                            max_av_diff=args.max_av_diff, fps=args.fps, av_check=not args.skip_av_check,

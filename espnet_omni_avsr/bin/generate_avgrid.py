@@ -9,6 +9,7 @@ import argparse
 import logging
 
 from espnet_omni_avsr.prep.avgrid.generate import generate
+from espnet_omni_avsr.utils.cli import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd=None):
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging("INFO")
     root = generate(
         args.out_dir,
         num_utts=args.num_utts,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from espnet_omni_avsr.prep.errors import PrepError
 from espnet_omni_avsr.prep.noise import NoiseBank, make_babble, make_noisy_set, noisy_set_name
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 BABBLE_NAME = "babble.wav"
 
@@ -58,15 +59,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="babble seed; with the utterance id, fixes each segment")
     p.add_argument("--force", action="store_true", help="rewrite outputs made with other arguments")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(p)
     return p
 
 
 def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     if bool(args.src) != bool(args.snrs):
         parser.error("--src and --snrs go together")
     own_noise = args.noise or args.noise_dir

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from espnet_omni_avsr.scoring.results_table import write_results
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -23,14 +24,13 @@ def get_parser() -> argparse.ArgumentParser:
                    help="dump dir, for tokens per second of summaries that lack them (llm_tokens / utt2dur)")
     p.add_argument("--out", default="RESULTS.md", help="markdown file to write; the plot goes beside it")
     p.add_argument("--no_plot", action="store_true", help="do not draw WER vs tokens per second")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(p)
     return p
 
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         written = write_results(args.exp_dir, args.out, plot=not args.no_plot, dump_dir=args.dump_dir)
     except (OSError, ValueError) as e:

@@ -17,6 +17,7 @@ import logging
 import sys
 
 from espnet_omni_avsr.utils.model_archive import ArchiveError, pack_model
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude_pretrained", action="store_true",
                    help="do not copy the pretrained folders in (the archive then names them only)")
     p.add_argument("--force", action="store_true", help="rewrite an archive that already holds this model")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(p)
     return p
 
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         meta = pack_model(args.config, args.model_file, args.out,
                           include_pretrained=not args.exclude_pretrained, base_dir=args.base_dir,

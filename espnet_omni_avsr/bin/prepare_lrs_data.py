@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from espnet_omni_avsr.prep.errors import PrepError
 from espnet_omni_avsr.prep.lrs_layout import DEFAULT_SPLIT_MAP, prepare_lrs_data
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -40,15 +41,14 @@ def get_parser() -> argparse.ArgumentParser:
                         help="the id list @valid (e.g. lrs3-valid.id); default <root>/valid.id")
     parser.add_argument("--id_list", action="append", default=[], metavar="NAME=FILE",
                         help="the id list @NAME (repeatable); default <root>/NAME.id or <root>/NAME.txt")
-    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     id_lists = {}
     for entry in args.id_list:
         name, sep, path = entry.partition("=")

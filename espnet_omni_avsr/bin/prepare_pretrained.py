@@ -22,6 +22,7 @@ from espnet_omni_avsr.pretrained.prepare import (
     PrepareError,
     prepare_pretrained,
 )
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -42,15 +43,13 @@ def get_parser() -> argparse.ArgumentParser:
                         help="convert only; a later run without this flag verifies the existing folders")
     parser.add_argument("--force", action="store_true",
                         help="convert again even if a prepared folder exists (replacing it)")
-    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"
-    )
+    setup_logging(args.log_level)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything comes from local wheels
     try:
         results = prepare_pretrained(args.output_dir, args.models, verify=not args.skip_verify, force=args.force)

@@ -17,6 +17,7 @@ import yaml
 
 from espnet_omni_avsr.prep.errors import PrepError
 from espnet_omni_avsr.prep.video_prep import VIDEO_PREP_MODES, preprocess_video
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -39,15 +40,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode_conf", default="{}", metavar="YAML",
                         help="further options of the mode as a YAML mapping, e.g. precropped's "
                              "'{min_motion_std: 1.0, blank_frame_std: 2.0, max_blank_fraction: 0.1, crf: 18}'")
-    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         mode_conf = yaml.safe_load(args.mode_conf)
     except yaml.YAMLError as e:

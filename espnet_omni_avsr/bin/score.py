@@ -18,6 +18,7 @@ import logging
 import sys
 
 from espnet_omni_avsr.scoring.sclite import ScoringError, score
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,14 +34,13 @@ def get_parser() -> argparse.ArgumentParser:
                    help="score with jiwer alone when sclite is not installed (otherwise an error)")
     p.add_argument("--wer_tolerance", type=float, default=0.05,
                    help="largest allowed |WER_sclite - WER_jiwer| in percentage points")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(p)
     return p
 
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         s = score(args.ref, args.hyp, args.out_dir, utt2spk=args.utt2spk, sclite=args.sclite,
                   allow_jiwer_fallback=args.allow_jiwer_fallback, wer_tolerance=args.wer_tolerance,

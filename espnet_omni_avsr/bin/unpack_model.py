@@ -18,6 +18,7 @@ import logging
 import sys
 
 from espnet_omni_avsr.utils.model_archive import ArchiveError, unpack_model
+from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -27,14 +28,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained_dir", default=None,
                    help="for archives packed with --exclude_pretrained: the folder holding the pretrained folders")
     p.add_argument("--overwrite", action="store_true", help="replace a different model unpacked in --dest_dir")
-    p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(p)
     return p
 
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         config, model = unpack_model(args.archive, args.dest_dir, pretrained_dir=args.pretrained_dir,
                                      overwrite=args.overwrite)

@@ -1,5 +1,4 @@
 """Builds a tiny AVSR model through the task's own build_model (the registry path)."""
-import argparse
 
 import pytest
 
