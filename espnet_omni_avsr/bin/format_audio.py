@@ -54,13 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except PrepError as e:
         logging.error("%s", e)
         return 1
-    run = result.run
-    if run.complete:
-        print(f"{args.out_dir}: {len(result.kept)} of {len(run.results)} recordings kept, {len(result.bad)} bad items "
-              f"({run.processed} processed, {run.reused} reused from an earlier run)")
-    else:
-        print(f"{args.out_dir}: shard {args.shard} of {args.nj} done ({run.processed} processed, "
-              f"{run.reused} reused); run without --shard to merge")
+    print(result.summary(args.out_dir, "recordings", args.shard, args.nj))
     return 0
 
 

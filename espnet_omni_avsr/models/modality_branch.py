@@ -51,6 +51,15 @@ class ModalityBranch(torch.nn.Module):
                 raise ValueError(f"projector rates {sorted(projectors)} differ from compressor rates {sorted(compressors)}")
             self.projectors = torch.nn.ModuleDict({str(r): p for r, p in projectors.items()})
 
+    def train(self, mode: bool = True) -> "ModalityBranch":
+        """An encoder with nothing to train stays in eval mode (no dropout, fixed BatchNorm
+        statistics), also one without a `frozen` flag of its own (ESPnet's). Front ends keep their
+        mode: their data augmentation follows training even when their weights are frozen."""
+        super().train(mode)
+        if self.encoder is not None and not _trainable(self.encoder):
+            self.encoder.eval()
+        return self
+
     @property
     def rates(self) -> List[int]:
         """The trained compression rates, in configuration order (the first is the default)."""

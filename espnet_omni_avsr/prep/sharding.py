@@ -88,6 +88,15 @@ class StageResult:
     kept: List[str] = field(default_factory=list)
     bad: List = field(default_factory=list)
 
+    def summary(self, out_dir: str, noun: str, shard: Optional[int], nj: int) -> str:
+        """One line for the CLI: what was kept after a merge, or what one shard did."""
+        run = self.run
+        if run.complete:
+            return (f"{out_dir}: {len(self.kept)} of {len(run.results)} {noun} kept, {len(self.bad)} bad items "
+                    f"({run.processed} processed, {run.reused} reused from an earlier run)")
+        return (f"{out_dir}: shard {shard} of {nj} done ({run.processed} processed, "
+                f"{run.reused} reused); run without --shard to merge")
+
 
 def split_items(items: Sequence[WorkItem], nj: int) -> List[List[WorkItem]]:
     """Contiguous near-equal shards (the first ``len(items) % nj`` get one item more)."""
