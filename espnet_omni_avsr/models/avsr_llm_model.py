@@ -7,6 +7,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.decoders.prompt import IGNORE_ID, TASK_MODALITIES, PromptLayout
+from espnet_omni_avsr.models.aux_ctc import CharCTC
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 from espnet_omni_avsr.utils.rates import condition_label
@@ -35,6 +36,9 @@ class AVSRLLMModel(AbsESPnetModel):
         batched_tasks: put the prompts of all tasks and rates through the LLM as one batch (True)
             or one pass each. With task-specific LoRA adapters, passes are grouped by task.
         instructions: task -> instruction text (defaults: the papers' instructions).
+        ctc_weights: modality -> weight of an auxiliary character CTC loss on that branch's
+            encoder features (`aux_ctc.CharCTC`), added to the LLM loss; e.g. {video: 0.5} for a
+            lip encoder trained from scratch. Off by default (the papers' setting).
         save_frozen_pretrained: keep the frozen weights that were loaded from a pretrained folder
             (LLM, Whisper) in checkpoints. Off by default: they reload from their folders, and a
             checkpoint of a 8B-LLM model then holds only what was trained.
@@ -50,6 +54,7 @@ class AVSRLLMModel(AbsESPnetModel):
         rate_sampling: str = "one_pair",
         batched_tasks: bool = True,
         instructions: Optional[Mapping[str, str]] = None,
+        ctc_weights: Optional[Mapping[str, float]] = None,
         save_frozen_pretrained: bool = False,
     ):
         super().__init__()
@@ -76,6 +81,15 @@ class AVSRLLMModel(AbsESPnetModel):
                     f"(set {m}_frontend, {m}_compressor and {m}_projector)"
                 )
         self.prompt = PromptLayout(decoder.tokenizer, instructions)
+        self.ctc_weights = {m: float(w) for m, w in (ctc_weights or {}).items() if float(w) != 0.0}
+        used = sorted({m for t in tasks for m in TASK_MODALITIES[t]})
+        for m, w in self.ctc_weights.items():
+            if m not in used or w < 0:
+                raise ValueError(
+                    f"ctc_weights: {m!r}: {w} needs a weight >= 0 and a modality that the tasks "
+                    f"{tasks} use: {used}"
+                )
+        self.ctc = torch.nn.ModuleDict({m: CharCTC(getattr(self, m).feature_size) for m in sorted(self.ctc_weights)})
         if not save_frozen_pretrained:
             skip_frozen_pretrained_weights(self)
 
@@ -161,11 +175,24 @@ class AVSRLLMModel(AbsESPnetModel):
             for (t, r), res in zip(jobs, results):
                 stats[f"loss_{condition_label(t, r)}"] = res[0].detach()
         loss = sum(self.task_weights[t] * task_loss[t] for t in self.tasks) / len(self.tasks)
+        if self.ctc_weights:
+            texts = self.transcripts(text, text_lengths)
+            for m, head in self.ctc.items():
+                ctc = head(*feats[m], texts)
+                stats[f"ctc_{m}"] = ctc.detach()
+                loss = loss + self.ctc_weights[m] * ctc
         n_tok = sum(res[2] for res in results)
         stats["loss"] = loss.detach()
         stats["acc"] = sum(res[1] * res[2] for res in results) / n_tok
         weight = torch.tensor(float(text.size(0)), device=loss.device)
         return loss, stats, weight
+
+    def transcripts(self, text: torch.Tensor, text_lengths: torch.Tensor) -> List[str]:
+        """The batch's transcripts as strings (decoded from the LLM token ids)."""
+        return [
+            self.decoder.tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
+            for row, n in zip(text, text_lengths)
+        ]
 
     def sequence_losses(
         self,

@@ -65,6 +65,11 @@ class ModalityBranch(torch.nn.Module):
         """The trained compression rates, in configuration order (the first is the default)."""
         return [int(r) for r in self.compressors]
 
+    @property
+    def feature_size(self) -> int:
+        """Dimension of `encode`'s features (the encoder's output, else the front end's)."""
+        return (self.encoder if self.encoder is not None else self.frontend).output_size()
+
     def check_rate(self, rate: int) -> None:
         if str(rate) not in self.compressors:
             raise ValueError(f"rate {rate} is not one this branch was trained at: {self.rates}")

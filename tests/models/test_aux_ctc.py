@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from espnet_omni_avsr.models.aux_ctc import BLANK, CHARS, CharCTC
+
+from tests.models.conftest import build, tiny_config
+from tests.models.test_avsr_llm_model import make_batch
+
+
+def test_encode_texts_maps_characters_and_unknowns():
+    head = CharCTC(8)
+    ids, lengths = head.encode_texts(["Bin  blue", "a-1"])
+    assert lengths.tolist() == [8, 3]
+    assert "".join(CHARS[i] for i in ids[0].tolist()) == "bin blue"
+    assert [CHARS[i] for i in ids[1, :3].tolist()] == ["a", "<unk>", "1"]
+    assert ids[1, 3:].eq(BLANK).all()
+
+
+def test_loss_matches_torch_ctc_per_character():
+    torch.manual_seed(0)
+    head = CharCTC(8, dropout=0.0)
+    feats, lengths = torch.randn(2, 20, 8), torch.tensor([20, 12])
+    loss = head(feats, lengths, ["ab", "cab"])
+    log_probs = head.head(feats).log_softmax(-1)
+    ref = [
+        torch.nn.functional.ctc_loss(
+            log_probs[b, : lengths[b]], torch.tensor([CHARS.index(c) for c in t]), lengths[b : b + 1],
+            torch.tensor([len(t)]), reduction="sum",
+        ) / len(t)
+        for b, t in enumerate(["ab", "cab"])
+    ]
+    assert torch.allclose(loss, sum(ref) / 2, atol=1e-5)
+
+
+def test_impossible_alignment_adds_zero_not_infinity():
+    head = CharCTC(4, dropout=0.0)
+    loss = head(torch.randn(1, 3, 4), torch.tensor([3]), ["abcdefgh"])
+    assert loss.item() == 0.0
+
+
+@pytest.fixture
+def ctc_model(tiny_llm_dir, tiny_whisper_dir):
+    torch.manual_seed(0)
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
+    config["model_conf"] = dict(tasks=["avsr", "vsr"], ctc_weights=dict(video=0.5))
+    model, _ = build(config)
+    return model
+
+
+def test_model_adds_weighted_video_ctc(ctc_model):
+    ctc_model.eval()
+    batch = make_batch(ctc_model.decoder.tokenizer, n=3)
+    loss, stats, _ = ctc_model(**batch)
+    llm = (stats["loss_avsr"] + stats["loss_vsr"]) / 2
+    assert "ctc_video" in stats and stats["ctc_video"] > 0
+    assert torch.allclose(loss, llm + 0.5 * stats["ctc_video"], atol=1e-5)
+    texts = ctc_model.transcripts(batch["text"], batch["text_lengths"])
+    assert texts[1] == "lay green by a nine again"
+
+
+def test_ctc_trains_the_video_encoder(ctc_model):
+    ctc_model.train()
+    batch = make_batch(ctc_model.decoder.tokenizer, n=2)
+    _, stats, _ = ctc_model(**batch)
+    ctc_model.zero_grad()
+    ctc_model.ctc["video"](*ctc_model.video.encode(batch["video"], batch["video_lengths"]),
+                           ctc_model.transcripts(batch["text"], batch["text_lengths"])).backward()
+    grads = [p.grad for n, p in ctc_model.named_parameters() if n.startswith("video.encoder") and p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_ctc_on_a_modality_no_task_uses_is_refused(tiny_llm_dir, tiny_whisper_dir):
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir, task="asr")
+    config["model_conf"] = dict(tasks=["asr"], ctc_weights=dict(video=0.3))
+    with pytest.raises(ValueError, match="ctc_weights: 'video'"):
+        build(config)
