@@ -76,7 +76,8 @@ class AVHubertEncoder(AbsEncoder):
         super().__init__()
         side = math.isqrt(max(int(input_size), 0))
         if side * side != input_size or side < 8:
-            raise ValueError(f"AVHubertEncoder: input_size must be crop_size ** 2 of square frames, got {input_size}")
+            raise ValueError(f"AVHubertEncoder: input_size must be crop_size ** 2 of square frames, got {input_size} "
+                             "(use the mouth_roi video front end: the encoder holds its own ResNet trunk)")
         if modality not in MODALITIES:
             raise ValueError(f"AVHubertEncoder: modality must be one of {MODALITIES}, got {modality!r}")
         if lora_r < 0:

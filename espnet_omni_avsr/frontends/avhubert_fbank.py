@@ -7,6 +7,8 @@ from `torchaudio.compliance.kaldi.fbank` with the same frame, filter and FFT set
 rectangular window; Kaldi places the mel triangles on continuous frequencies and pre-emphasises
 per frame, so the values are close to, not identical with, python_speech_features'.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +16,7 @@ NUM_FILTERS = 26
 STACK = 4
 
 
-def avhubert_fbank(wave: torch.Tensor, sample_rate: int = 16000, num_frames: int = None) -> torch.Tensor:
+def avhubert_fbank(wave: torch.Tensor, sample_rate: int = 16000, num_frames: Optional[int] = None) -> torch.Tensor:
     """(S,) waveform (any scale) -> (ceil(n / 4), 104) normalised stacked log filterbanks, n = 100 Hz frames.
 
     num_frames: cut or zero-pad the result to this many 25 Hz frames (the video's), as AV-HuBERT does.
