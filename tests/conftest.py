@@ -29,3 +29,17 @@ def tiny_whisper_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_whisper")
     build_tiny_whisper(str(out))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_avhubert_checkpoint(tmp_path_factory):
+    """A random 2-layer, 32-dim AV-HuBERT written in the layout of the official checkpoints."""
+    from espnet_omni_avsr.encoders.avhubert_checkpoint import official_checkpoint
+    from espnet_omni_avsr.encoders.avhubert_modules import AVHubertArch, AVHubertModel
+
+    torch.manual_seed(0)
+    arch = AVHubertArch(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+                        conv_pos=8, conv_pos_groups=4)
+    path = tmp_path_factory.mktemp("tiny_avhubert") / "tiny_avhubert.pt"
+    torch.save(official_checkpoint(AVHubertModel(arch).state_dict(), arch), path)
+    return str(path)

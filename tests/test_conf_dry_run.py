@@ -15,7 +15,7 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: os.path.relpath(p, f"{ROOT}/conf"))
-def test_train_config_builds(path, tmp_path, tiny_llm_dir, tiny_whisper_dir):
+def test_train_config_builds(path, tmp_path, tiny_llm_dir, tiny_whisper_dir, tiny_avhubert_checkpoint):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
     with open(path) as f:
@@ -23,6 +23,8 @@ def test_train_config_builds(path, tmp_path, tiny_llm_dir, tiny_whisper_dir):
     # point the pretrained folders at tiny random models of the same families
     if config.get("audio_encoder_conf", {}).get("model_dir"):
         config["audio_encoder_conf"]["model_dir"] = tiny_whisper_dir
+    if config.get("video_encoder_conf", {}).get("checkpoint"):
+        config["video_encoder_conf"]["checkpoint"] = tiny_avhubert_checkpoint
     config["decoder_conf"]["model_dir"] = tiny_llm_dir
     config["decoder_conf"]["dtype"] = "float32"
     local = tmp_path / "config.yaml"

@@ -7,6 +7,16 @@ from espnet2.asr.encoder.avhubert_encoder import ResEncoder
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.mouth_roi_transform import MouthROITransform
 
+RELU_TYPES = ("prelu", "relu")
+
+
+def build_lip_trunk(relu_type: str = "prelu") -> ResEncoder:
+    """The lip trunk shared by this front end and the AV-HuBERT encoder (randomly initialised):
+    (B, 1, T, H, W) normalised frames -> (B, 512, T)."""
+    if relu_type not in RELU_TYPES:
+        raise ValueError(f"relu_type must be 'prelu' or 'relu', got {relu_type!r}")
+    return ResEncoder(relu_type=relu_type, weights=None)
+
 
 class ResNet18VideoFrontend(AbsVideoFrontend):
     """Mouth-ROI frames -> 512-dim feature per frame (25 fps in, 25 fps out).
@@ -46,8 +56,6 @@ class ResNet18VideoFrontend(AbsVideoFrontend):
         time_mask_stride: int = 25,
     ):
         super().__init__()
-        if relu_type not in ("prelu", "relu"):
-            raise ValueError(f"relu_type must be 'prelu' or 'relu', got {relu_type!r}")
         self.transform = MouthROITransform(
             crop_size=crop_size,
             mean=mean,
@@ -56,7 +64,7 @@ class ResNet18VideoFrontend(AbsVideoFrontend):
             time_mask_max_frames=time_mask_max_frames,
             time_mask_stride=time_mask_stride,
         )
-        self.resnet = ResEncoder(relu_type=relu_type, weights=None)
+        self.resnet = build_lip_trunk(relu_type)
         self.frozen = frozen
         if frozen:
             self.resnet.requires_grad_(False)

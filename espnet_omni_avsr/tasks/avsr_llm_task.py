@@ -29,9 +29,11 @@ from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
 from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA, SharedTaskLoRA, TaskLoRA
+from espnet_omni_avsr.encoders.avhubert_encoder import AVHubertEncoder
 from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend
+from espnet_omni_avsr.frontends.mouth_roi_frontend import MouthROIFrontend
 from espnet_omni_avsr.frontends.resnet18_video_frontend import ResNet18VideoFrontend
 from espnet_omni_avsr.frontends.whisper_logmel_frontend import WhisperLogMelFrontend
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
@@ -55,10 +57,14 @@ audio_encoder_choices = _optional("audio_encoder", dict(whisper=WhisperEncoder),
 audio_compressor_choices = _optional("audio_compressor", COMPRESSORS, AbsCompressor)
 audio_projector_choices = _optional("audio_projector", PROJECTORS, AbsProjector)
 video_frontend_choices = _optional(
-    "video_frontend", dict(resnet18=ResNet18VideoFrontend, light=LightVideoFrontend), AbsVideoFrontend
+    "video_frontend",
+    dict(resnet18=ResNet18VideoFrontend, light=LightVideoFrontend, mouth_roi=MouthROIFrontend),
+    AbsVideoFrontend,
 )
 video_encoder_choices = _optional(
-    "video_encoder", dict(conformer=ConformerEncoder, transformer=TransformerEncoder), AbsEncoder
+    "video_encoder",
+    dict(conformer=ConformerEncoder, transformer=TransformerEncoder, avhubert=AVHubertEncoder),
+    AbsEncoder,
 )
 video_compressor_choices = _optional("video_compressor", COMPRESSORS, AbsCompressor)
 video_projector_choices = _optional("video_projector", PROJECTORS, AbsProjector)
@@ -100,10 +106,11 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
     if getattr(args, f"{prefix}_encoder") is not None:
         enc_class = choices["encoder"].get_class(getattr(args, f"{prefix}_encoder"))
         enc_conf = conf("encoder")
-        if prefix == "video":
+        enc_params = inspect.signature(enc_class.__init__).parameters
+        if prefix == "video" and "input_layer" in enc_params:  # ESPnet's encoders: no subsampling
             enc_conf.setdefault("input_layer", "linear")
         # `frozen: true` works for every encoder, also for ESPnet's, which have no such argument
-        takes_frozen = "frozen" in inspect.signature(enc_class.__init__).parameters
+        takes_frozen = "frozen" in enc_params
         frozen = False if takes_frozen else bool(enc_conf.pop("frozen", False))
         encoder = enc_class(input_size=size, **enc_conf)
         if frozen:

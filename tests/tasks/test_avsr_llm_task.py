@@ -56,3 +56,48 @@ def test_missing_llm_folder(tiny_whisper_dir, tmp_path):
     config = tiny_config(str(tmp_path / "no_such_llm"), tiny_whisper_dir)
     with pytest.raises(FileNotFoundError, match="no_such_llm"):
         build(config)
+
+
+def _avhubert_tiny_config(tiny_llm_dir):
+    import os
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "conf/debug/vsr_avhubert_tiny.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["decoder_conf"]["model_dir"] = tiny_llm_dir
+    return config
+
+
+def _vsr_batch(model):
+    batch = make_batch(model.decoder.tokenizer)
+    batch["video"], batch["video_lengths"] = batch["video"][:, :10], torch.tensor([10, 7])
+    return {k: v for k, v in batch.items() if not k.startswith("speech")}
+
+
+def test_avhubert_video_encoder_from_the_tiny_config(tiny_llm_dir):
+    torch.manual_seed(0)
+    model, _ = build(_avhubert_tiny_config(tiny_llm_dir))
+    assert type(model.video.encoder).__name__ == "AVHubertEncoder"
+    model.train()
+    assert not model.video.encoder.model.training  # frozen: eval mode, also with trainable LoRA
+    loss, stats, _ = model(**_vsr_batch(model))
+    assert torch.isfinite(loss)
+    loss.backward()
+    enc_grads = [n for n, p in model.video.encoder.named_parameters() if p.grad is not None]
+    assert enc_grads and all("lora_" in n for n in enc_grads)
+    # no checkpoint file: the random encoder weights are the model's own and are saved
+    assert "video.encoder.model.encoder.layers.0.fc1.weight" in model.state_dict()
+
+
+def test_avhubert_checkpoint_weights_stay_out_of_model_checkpoints(tiny_llm_dir, tiny_avhubert_checkpoint):
+    config = _avhubert_tiny_config(tiny_llm_dir)
+    config["video_encoder_conf"] = dict(checkpoint=tiny_avhubert_checkpoint, lora_r=2)
+    model, _ = build(config)
+    keys = set(model.state_dict())
+    assert not any(k.startswith("video.encoder.") and "lora_" not in k and "num_batches" not in k
+                   and "running_" not in k for k in keys)
+    assert any("video.encoder." in k and "lora_A" in k for k in keys)
+    loss, _, _ = model.eval()(**_vsr_batch(model))
+    assert torch.isfinite(loss)
