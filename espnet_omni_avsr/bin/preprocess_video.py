@@ -2,7 +2,7 @@
 """Stage 2: data/<set>/video.scp -> mouth-ROI videos, dump/<set>/{video.scp,utt2num_frames,...}.
 
     python -m espnet_omni_avsr.bin.preprocess_video --data_dir data/train --out_dir dump/train \
-        --mode precropped [--nj 4] [--shard K] [--size 96] [--fps 25] [--min_frames 5] \
+        --mode precropped|mediapipe|dlib|landmarks [--nj 4] [--shard K] [--size 96] [--fps 25] [--min_frames 5] \
         [--mode_conf '{max_blank_fraction: 0.2}']
 
 Resumable: a re-run skips finished shards and items. Exit status: 0 success (also after --shard),
@@ -29,7 +29,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", required=True, help="data/<set> (video.scp, text, utt2spk, spk2utt)")
     parser.add_argument("--out_dir", required=True, help="dump/<set>")
     parser.add_argument("--mode", default="precropped", choices=sorted(VIDEO_PREP_MODES),
-                        help="precropped: the videos are mouth ROIs already (checked, resized if needed)")
+                        help="precropped: the videos are mouth ROIs already (checked, resized if needed); "
+                             "mediapipe / dlib: raw face videos -> detected landmarks -> mean-face alignment -> "
+                             "mouth crop; landmarks: the same from precomputed landmarks "
+                             "(--mode_conf '{landmarks_dir: DIR}')")
     parser.add_argument("--nj", type=int, default=1, help="number of shards and worker processes")
     parser.add_argument("--shard", type=int, default=None, metavar="K",
                         help="process only shard K of --nj (1-based) in this process, without merging; "
@@ -39,7 +42,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min_frames", type=int, default=5, help="shorter videos are bad items")
     parser.add_argument("--mode_conf", default="{}", metavar="YAML",
                         help="further options of the mode as a YAML mapping, e.g. precropped's "
-                             "'{min_motion_std: 1.0, blank_frame_std: 2.0, max_blank_fraction: 0.1, crf: 18}'")
+                             "'{min_motion_std: 1.0, blank_frame_std: 2.0, max_blank_fraction: 0.1, crf: 18}', "
+                             "mediapipe/dlib's '{smooth_window: 12, min_face_fraction: 0.0, save_landmarks: true, "
+                             "backend_conf: {upsample: 1}}'")
     add_log_level(parser)
     return parser
 

@@ -417,6 +417,30 @@ def build_set(
     return data
 
 
+def sample_id_list(root: str, folder: str, num: int, seed: int, out_path: str) -> List[str]:
+    """Write ``num`` usable items of ``<root>/<folder>`` (mp4 + transcript), drawn with ``seed``,
+    as ``<folder>/<speaker>/<utt>`` lines to ``out_path``; returns them (sorted).
+
+    For a corpus without its published validation list only: LRS3's papers use AV-HuBERT's
+    lrs3-valid.id, which a draw does not reproduce."""
+    if not os.path.isdir(os.path.join(root, folder)):
+        raise PrepError(f"{os.path.join(root, folder)}: no such folder (to draw an id list from)")
+    usable = [it.key for it in scan_folder(root, folder)
+              if it.bad_id is None and VIDEO_EXT in it.files and TEXT_EXT in it.files]
+    if len(usable) < num:
+        raise PrepError(f"{os.path.join(root, folder)} has {len(usable)} usable items, fewer than the {num} to draw")
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(usable))[:num]
+    chosen = sorted(usable[i] for i in order)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.write("".join(key + "\n" for key in chosen))
+    logger.warning("wrote %s: %d items of %s drawn with seed %d (not a published split list)",
+                   out_path, num, folder, seed)
+    return chosen
+
+
 def prepare_lrs_data(
     root: str,
     out_dir: str,

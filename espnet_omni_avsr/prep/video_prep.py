@@ -6,10 +6,12 @@ A *mode* turns one source video into the mouth ROI (``VIDEO_PREP_MODES``, chosen
 - ``precropped``: the corpus already ships mouth ROIs (the embedded AVGRID corpus). Each video is
   checked (it decodes, is grayscale-convertible, runs at ``fps``, has ``min_frames`` frames, shows
   a mouth) and resized to ``size`` x ``size`` when it is not that size already.
-- a face-detection + landmark + mean-face alignment mode for raw LRS2/LRS3 face tracks will
-  register here: subclass :class:`AbsVideoPrep`, implement ``process`` (``write_roi`` /
-  ``check_length`` help), add it with :func:`register_video_prep`, and import heavy
-  dependencies (mediapipe) inside its constructor so that other modes do not need them.
+- ``mediapipe``, ``dlib``, ``landmarks``: raw LRS2/LRS3 face tracks -> face landmarks (detected, or
+  precomputed) -> mean-face alignment -> mouth crop (:mod:`espnet_omni_avsr.prep.face`).
+
+Another mode: subclass :class:`AbsVideoPrep`, implement ``process`` (``write_roi`` /
+``check_length`` help), add it with :func:`register_video_prep`, and import heavy dependencies
+inside its constructor so that other modes do not need them.
 
 :func:`preprocess_video` runs a mode over ``data/<set>/video.scp`` with
 :func:`~espnet_omni_avsr.prep.sharding.run_sharded` and merges into ``dump/<set>/``:
@@ -259,3 +261,8 @@ def preprocess_video(
     if bad:
         logger.warning("%s: %d videos rejected, see %s", out_dir, len(bad), os.path.join(out_dir, kaldi_dir.BAD_ITEMS))
     return StageResult(run, kept=sorted(ok), bad=sorted(bad))
+
+
+# the face modes register themselves (mediapipe, dlib, landmarks); imported last because they
+# subclass AbsVideoPrep. Their heavy dependencies load only when a mode is built.
+import espnet_omni_avsr.prep.face.face_video_prep  # noqa: E402,F401

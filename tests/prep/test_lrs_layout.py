@@ -177,3 +177,19 @@ def test_read_transcript(tmp_path):
     path.write_text("WORD START END\n")
     with pytest.raises(ItemError, match=r"a\.txt has no 'Text:' line"):
         read_transcript(str(path))
+
+
+def test_sample_id_list_draws_usable_items_reproducibly(tmp_path):
+    from espnet_omni_avsr.prep.lrs_layout import sample_id_list
+    from tests.prep.lrs_fake_corpus import build_fake_lrs3
+
+    build_fake_lrs3(str(tmp_path / "c"))
+    a = sample_id_list(str(tmp_path / "c"), "trainval", 3, 0, str(tmp_path / "a.id"))
+    b = sample_id_list(str(tmp_path / "c"), "trainval", 3, 0, str(tmp_path / "b.id"))
+    assert a == b and len(set(a)) == 3 and all(k.startswith("trainval/") for k in a)
+    assert (tmp_path / "a.id").read_text().split() == a
+    # only items with an mp4 and a transcript: cccc/50001 (audio only), bbbb/50004 (no .txt) never
+    assert not {"trainval/cccc/50001", "trainval/cccc/50002", "trainval/bbbb/50004"} & set(
+        sample_id_list(str(tmp_path / "c"), "trainval", 11, 1, str(tmp_path / "all.id")))
+    with pytest.raises(PrepError, match="fewer than the 99"):
+        sample_id_list(str(tmp_path / "c"), "trainval", 99, 0, str(tmp_path / "x.id"))

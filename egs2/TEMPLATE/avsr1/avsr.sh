@@ -18,6 +18,7 @@ train_config=             # training YAML (required)
 inference_config=         # decoding YAML (conf/decode/*.yaml)
 train_set=train; valid_set=dev; test_sets="test"
 snrs="10 5 0 -5"          # noisy copies of the test sets (clean is always decoded)
+noise_dir=                # stage 5: a folder of noise wavs (MUSAN-style, searched recursively) instead of babble
 decode_tasks=             # default: the tasks in the training config
 local_data_opts=          # passed to local/data.sh
 video_mode=precropped     # stage 2: precropped (mouth ROI given) or a face-landmark mode
@@ -29,7 +30,7 @@ model_tag=                # default: the training config's file name
 inference_tag=            # default: the decoding config's file name
 train_args=               # extra avsr_train options
 inference_args=           # extra avsr_inference options
-_options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs decode_tasks
+_options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs noise_dir decode_tasks
 local_data_opts video_mode min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
 model_tag inference_tag train_args inference_args"
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/parse_options.sh"
@@ -83,9 +84,10 @@ stage4() {
             --min_duration "${min_duration}" --max_duration "${max_duration}" --max_words "${max_words}"; done
     for s in ${test_sets}; do  # test sets: only unusable items are dropped, never by length
         python -m espnet_omni_avsr.bin.filter_data --data_dir "data/${s}" --dump_dir "${dumpdir}/${s}"; done; }
-stage5() { for s in ${test_sets}; do
-    python -m espnet_omni_avsr.bin.make_noisy_sets --train_dir "${dumpdir}/${train_set}" \
-        --noise_out "${dumpdir}/noise" --src "${dumpdir}/${s}" --snrs ${snrs}; done; }
+stage5() { local noise=(--train_dir "${dumpdir}/${train_set}" --noise_out "${dumpdir}/noise")
+    [ -z "${noise_dir}" ] || noise=(--noise_dir "${noise_dir}")
+    for s in ${test_sets}; do
+    python -m espnet_omni_avsr.bin.make_noisy_sets "${noise[@]}" --src "${dumpdir}/${s}" --snrs ${snrs}; done; }
 stage6() { python -m espnet_omni_avsr.bin.prepare_pretrained --output_dir "${pretrained_dir}" --models ${pretrained_models}; }
 stage7() {
     # shellcheck disable=SC2046

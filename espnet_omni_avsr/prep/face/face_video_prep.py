@@ -1,0 +1,193 @@
+"""Stage 2 modes for raw face-track videos (LRS2, LRS3): face landmarks -> 96x96 mouth ROI.
+
+``--mode mediapipe`` | ``dlib`` | ``landmarks``; per clip:
+
+1. decode the mp4 as RGB (PyAV); a clip at another frame rate is resampled to ``fps`` by taking,
+   for each output time k / fps, the source frame shown at that time (LRS2/LRS3 are 25 fps: no-op);
+2. landmarks of every frame (:mod:`.detectors`), or a precomputed track (``landmarks`` mode,
+   ``landmarks_dir``; :func:`.landmarks.find_landmark_file` says where it is looked for);
+3. a clip with no face in any frame, or in less than ``min_face_fraction`` of its frames, is a
+   bad item ("no face found ..."); otherwise missing frames are interpolated and the track is
+   smoothed over ``smooth_window`` frames (:mod:`.landmarks`);
+4. each gray frame is aligned to the mean face and the ``size`` x ``size`` window around the
+   mouth is cut (:mod:`.align`), written as H.264 mp4 at ``fps`` (``<dump>/<set>/video/<id>.mp4``);
+5. with ``save_landmarks`` the raw track (NaN where no face) goes to
+   ``<dump>/<set>/landmarks/<id>.npy``, so that a later run can use ``--mode landmarks``.
+
+Clips where the face was missed in some frames get a note in ``notes.tsv`` ("face found in 20 of
+25 frames, 5 interpolated"); clips without a face are listed in ``bad_items.tsv`` and the
+filtering report.
+"""
+import os
+from fractions import Fraction
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from espnet_omni_avsr.prep.errors import ItemError, PrepError
+from espnet_omni_avsr.prep.face.align import MEAN_FACE_PATH, load_mean_face, mouth_crops
+from espnet_omni_avsr.prep.face.detectors import AbsFaceLandmarker, build_landmarker
+from espnet_omni_avsr.prep.face.landmarks import (
+    detected, find_landmark_file, interpolate_missing, load_landmarks, smooth,
+)
+from espnet_omni_avsr.prep.sharding import WorkItem
+from espnet_omni_avsr.prep.video_prep import AbsVideoPrep, register_video_prep
+
+
+def read_rgb_video(path: str) -> Tuple[np.ndarray, Optional[float]]:
+    """(T, H, W, 3) uint8 RGB frames and the stream's frame rate; ItemError naming the file when
+    it does not open or decode (a truncated or corrupt mp4) or holds no frame."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ItemError(f"video does not decode: {path} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    except ItemError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise ItemError(f"video does not decode: {path}: {e}") from None
+    if not frames:
+        raise ItemError(f"video does not decode: no frame in {path}")
+    return np.stack(frames), (float(Fraction(rate)) if rate else None)
+
+
+def resample_frames(frames: np.ndarray, src_fps: float, fps: float) -> np.ndarray:
+    """Frames at ``fps``: for output time k / fps the source frame shown then."""
+    count = max(1, int(np.floor(len(frames) * fps / src_fps + 1e-6)))
+    index = np.minimum(np.floor(np.arange(count) * src_fps / fps + 1e-6).astype(int), len(frames) - 1)
+    return frames[index]
+
+
+class FaceVideoPrep(AbsVideoPrep):
+    """Raw face video -> mouth ROI through landmarks (module docstring). Subclasses say where the
+    landmarks come from (:meth:`track`).
+
+    Args:
+        smooth_window: frames of the landmark moving average (1: none).
+        min_face_fraction: in [0, 1]; a clip whose frames have a face less often is a bad item
+            (a clip without any face always is).
+        save_landmarks: keep the raw landmark track of each clip beside the ROI videos.
+        mean_face: path of a (68, 2) .npy (default: the packaged 20words_mean_face.npy).
+        (size, fps, min_frames, crf: :class:`~espnet_omni_avsr.prep.video_prep.AbsVideoPrep`)
+    """
+
+    def __init__(self, video_dir: str, size: int = 96, fps: float = 25.0, min_frames: int = 5, crf: int = 18,
+                 smooth_window: int = 12, min_face_fraction: float = 0.0, save_landmarks: bool = True,
+                 mean_face: Optional[str] = None):
+        super().__init__(video_dir, size=size, fps=fps, min_frames=min_frames, crf=crf)
+        if smooth_window < 1:
+            raise PrepError(f"smooth_window must be >= 1, got {smooth_window}")
+        if not 0 <= min_face_fraction <= 1:
+            raise PrepError(f"min_face_fraction must be in [0, 1], got {min_face_fraction}")
+        self.smooth_window = int(smooth_window)
+        self.min_face_fraction = float(min_face_fraction)
+        self.save_landmarks = bool(save_landmarks)
+        self.mean_face_path = mean_face or MEAN_FACE_PATH
+        try:
+            self.mean_face = load_mean_face(self.mean_face_path)
+        except (OSError, ValueError) as e:
+            raise PrepError(f"mean face {self.mean_face_path}: {e}") from None
+        self.landmark_dir = os.path.join(os.path.dirname(os.path.abspath(video_dir)), "landmarks")
+
+    def config(self) -> Dict:
+        return dict(super().config(), smooth_window=self.smooth_window, min_face_fraction=self.min_face_fraction,
+                    save_landmarks=self.save_landmarks, mean_face=self.mean_face_path)
+
+    def track(self, item: WorkItem, frames: np.ndarray) -> np.ndarray:
+        """(T, 68, 2) landmarks of the RGB frames, NaN rows where no face."""
+        raise NotImplementedError
+
+    def process(self, item: WorkItem) -> Dict:
+        import cv2
+
+        frames, src_fps = read_rgb_video(item.path)
+        notes = []
+        if src_fps is not None and abs(src_fps - self.fps) > 0.01 * self.fps:
+            frames = resample_frames(frames, src_fps, self.fps)
+            notes.append(f"resampled {src_fps:g} -> {self.fps:g} fps")
+        self.check_length(frames, item.path)
+        raw = self.track(item, frames)
+        found = int(detected(raw).sum())
+        if found == 0:
+            raise ItemError(f"no face found in any of the {len(frames)} frames of {item.path}")
+        if found < self.min_face_fraction * len(frames):
+            raise ItemError(f"face found in only {found} of {len(frames)} frames of {item.path} "
+                            f"(< min_face_fraction {self.min_face_fraction:g})")
+        if found < len(frames):
+            notes.append(f"face found in {found} of {len(frames)} frames, {len(frames) - found} interpolated")
+        track = smooth(interpolate_missing(raw), self.smooth_window)
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        try:
+            crops, _ = mouth_crops(gray, track, self.mean_face, self.size)
+        except ValueError as e:
+            raise ItemError(f"{item.path}: {e}") from None
+        out = self.write_roi(item.uid, crops)
+        outputs = [out]
+        if self.save_landmarks:
+            os.makedirs(self.landmark_dir, exist_ok=True)
+            lmk = os.path.join(self.landmark_dir, f"{item.uid}.npy")
+            tmp = os.path.join(self.landmark_dir, f"{item.uid}.tmp{os.getpid()}.npy")
+            np.save(tmp, raw.astype(np.float32))
+            os.replace(tmp, lmk)
+            outputs.append(lmk)
+        return {"path": out, "num_frames": len(crops), "note": "; ".join(notes), "outputs": outputs,
+                "face_frames": found}
+
+
+class _DetectorVideoPrep(FaceVideoPrep):
+    """FaceVideoPrep whose landmarks come from a detector backend."""
+
+    backend = ""
+
+    def __init__(self, video_dir: str, backend_conf: Optional[Dict] = None, **conf):
+        super().__init__(video_dir, **conf)
+        self.landmarker: AbsFaceLandmarker = build_landmarker(self.backend, **dict(backend_conf or {}))
+
+    def config(self) -> Dict:
+        return dict(super().config(), landmarker=self.landmarker.config())
+
+    def track(self, item: WorkItem, frames: np.ndarray) -> np.ndarray:
+        return self.landmarker(frames)
+
+
+class MediapipeVideoPrep(_DetectorVideoPrep):
+    """``--mode mediapipe``: MediaPipe Face Mesh landmarks (``backend_conf``:
+    min_detection_confidence, min_tracking_confidence)."""
+
+    backend = "mediapipe"
+
+
+class DlibVideoPrep(_DetectorVideoPrep):
+    """``--mode dlib``: dlib HOG detector + 68-point predictor (``backend_conf``: predictor_path,
+    upsample)."""
+
+    backend = "dlib"
+
+
+class LandmarksVideoPrep(FaceVideoPrep):
+    """``--mode landmarks``: precomputed landmark tracks under ``landmarks_dir`` (.npy or .pkl;
+    see :func:`~espnet_omni_avsr.prep.face.landmarks.find_landmark_file`)."""
+
+    def __init__(self, video_dir: str, landmarks_dir: Optional[str] = None, **conf):
+        conf.setdefault("save_landmarks", False)
+        super().__init__(video_dir, **conf)
+        if not landmarks_dir:
+            raise PrepError("--mode landmarks needs landmarks_dir (in --mode_conf '{landmarks_dir: DIR}')")
+        if not os.path.isdir(landmarks_dir):
+            raise PrepError(f"landmarks_dir {landmarks_dir} does not exist")
+        self.landmarks_dir = os.path.abspath(landmarks_dir)
+
+    def config(self) -> Dict:
+        return dict(super().config(), landmarks_dir=self.landmarks_dir)
+
+    def track(self, item: WorkItem, frames: np.ndarray) -> np.ndarray:
+        return load_landmarks(find_landmark_file(self.landmarks_dir, item.path, item.uid), len(frames))
+
+
+register_video_prep("mediapipe", MediapipeVideoPrep)
+register_video_prep("dlib", DlibVideoPrep)
+register_video_prep("landmarks", LandmarksVideoPrep)
