@@ -1,14 +1,16 @@
-"""Per-utterance preprocessing in the data loader: LLM tokenization and input checks."""
-from typing import Dict, Optional
+"""Per-utterance preprocessing in the data loader: LLM tokenization, input checks, training noise."""
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 from espnet2.train.preprocessor import AbsPreprocessor
 
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer
+from espnet_omni_avsr.prep.noise import NoiseAugmenter
 
 
 class AVSRPreprocessor(AbsPreprocessor):
-    """Tokenizes the transcript with the LLM's own tokenizer and checks the inputs.
+    """Tokenizes the transcript with the LLM's own tokenizer, checks the inputs and, in training,
+    adds noise to the audio.
 
     Errors name the utterance: an empty transcript, multi-channel audio, or audio and video
     whose durations disagree by more than `max_av_offset` seconds.
@@ -19,6 +21,13 @@ class AVSRPreprocessor(AbsPreprocessor):
         text_case: "lower" (default; WER is scored on lower-cased words), "upper" or "keep".
         sample_rate: audio rate in Hz; fps: video frame rate.
         max_av_offset: largest allowed |audio duration - video duration| in seconds (None: no check).
+        noise: training-time noise (``prep.noise.NoiseAugmenter``): a wav file, a folder searched
+            for wavs, or a list of them (the recipes give ``dump/noise/babble.wav``); None: off.
+            Only the training loader adds noise; validation and decoding stay clean.
+        noise_snrs: SNRs in dB drawn uniformly per utterance; ``clean`` (or null) keeps it clean.
+            The papers draw from {-5, 0, 5, 10, 15, 20, clean}.
+        noise_prob: probability that an utterance is considered for noise at all.
+        noise_seed: seed of the draws (with the DataLoader worker id); None: fresh each run.
     """
 
     def __init__(
@@ -32,6 +41,10 @@ class AVSRPreprocessor(AbsPreprocessor):
         text_name: str = "text",
         speech_name: str = "speech",
         video_name: str = "video",
+        noise: Optional[Union[str, Sequence[str]]] = None,
+        noise_snrs: Sequence[Union[float, str, None]] = (-5, 0, 5, 10, 15, 20, "clean"),
+        noise_prob: float = 1.0,
+        noise_seed: Optional[int] = None,
     ):
         super().__init__(train)
         if text_case not in ("lower", "upper", "keep"):
@@ -42,6 +55,9 @@ class AVSRPreprocessor(AbsPreprocessor):
         self.fps = fps
         self.max_av_offset = max_av_offset
         self.text_name, self.speech_name, self.video_name = text_name, speech_name, video_name
+        self.augment = None
+        if train and noise:
+            self.augment = NoiseAugmenter(noise, [_snr(x) for x in noise_snrs], prob=noise_prob, seed=noise_seed)
 
     def normalize_text(self, text: str) -> str:
         text = " ".join(text.split())
@@ -66,7 +82,10 @@ class AVSRPreprocessor(AbsPreprocessor):
                 raise ValueError(f"utterance {uid}: audio must be mono, got shape {speech.shape}")
             if speech.size == 0:
                 raise ValueError(f"utterance {uid}: empty audio")
-            data[self.speech_name] = speech.astype(np.float32, copy=False)
+            speech = speech.astype(np.float32, copy=False)
+            if self.augment is not None:
+                speech = self.augment(speech)
+            data[self.speech_name] = speech
         video = data.get(self.video_name)
         if video is not None:
             if video.ndim != 3 or video.shape[0] == 0:
@@ -80,3 +99,13 @@ class AVSRPreprocessor(AbsPreprocessor):
                     )
         return data
 
+
+
+def _snr(value: Union[float, str, None]) -> Optional[float]:
+    """A noise_snrs entry: a number in dB, or clean / None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("clean", "none", "inf")):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"noise_snrs: {value!r} is neither a number (dB) nor 'clean'") from None
