@@ -8,6 +8,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.decoders.prompt import IGNORE_ID, TASK_MODALITIES, PromptLayout
 from espnet_omni_avsr.models.aux_ctc import CharCTC
+from espnet_omni_avsr.models.av_distill import AudioToVideoDistill
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 from espnet_omni_avsr.utils.rates import condition_label
@@ -39,6 +40,12 @@ class AVSRLLMModel(AbsESPnetModel):
         ctc_weights: modality -> weight of an auxiliary character CTC loss on that branch's
             encoder features (`aux_ctc.CharCTC`), added to the LLM loss; e.g. {video: 0.5} for a
             lip encoder trained from scratch. Off by default (the papers' setting).
+        distill_weight: weight of audio-guided lip distillation (`av_distill.AudioToVideoDistill`:
+            video features predict the frozen audio encoder's features); needs a task that uses
+            both modalities' encoders. 0 (default): off. distill_conf: its arguments.
+        llm_weight: weight of the LLM loss. 0 trains only the auxiliary losses and skips the LLM
+            entirely: a cheap warm-up of a lip encoder trained from scratch, whose weights the main
+            run then loads (`--init_param`).
         save_frozen_pretrained: keep the frozen weights that were loaded from a pretrained folder
             (LLM, Whisper) in checkpoints. Off by default: they reload from their folders, and a
             checkpoint of a 8B-LLM model then holds only what was trained.
@@ -55,6 +62,9 @@ class AVSRLLMModel(AbsESPnetModel):
         batched_tasks: bool = True,
         instructions: Optional[Mapping[str, str]] = None,
         ctc_weights: Optional[Mapping[str, float]] = None,
+        distill_weight: float = 0.0,
+        distill_conf: Optional[Mapping] = None,
+        llm_weight: float = 1.0,
         save_frozen_pretrained: bool = False,
     ):
         super().__init__()
@@ -90,6 +100,18 @@ class AVSRLLMModel(AbsESPnetModel):
                     f"{tasks} use: {used}"
                 )
         self.ctc = torch.nn.ModuleDict({m: CharCTC(getattr(self, m).feature_size) for m in sorted(self.ctc_weights)})
+        self.distill_weight = float(distill_weight)
+        self.distill = None
+        if self.distill_weight:
+            if self.distill_weight < 0 or used != ["audio", "video"]:
+                raise ValueError(
+                    f"distill_weight {distill_weight} needs a weight >= 0 and tasks {tasks} that use both "
+                    f"audio and video (they use {used})"
+                )
+            self.distill = AudioToVideoDistill(video.feature_size, audio.feature_size, **(distill_conf or {}))
+        self.llm_weight = float(llm_weight)
+        if self.llm_weight < 0 or (self.llm_weight == 0 and not (self.ctc_weights or self.distill_weight)):
+            raise ValueError(f"llm_weight {llm_weight}: must be > 0, or 0 with ctc_weights or distill_weight set")
         if not save_frozen_pretrained:
             skip_frozen_pretrained_weights(self)
 
@@ -141,7 +163,8 @@ class AVSRLLMModel(AbsESPnetModel):
         video_lengths: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
-        """Teacher-forced cross entropy on the transcript tokens and EOS, over tasks and rates.
+        """Teacher-forced cross entropy on the transcript tokens and EOS, over tasks and rates
+        (times `llm_weight`), plus the weighted auxiliary losses (`aux_losses`).
 
         Args:
             text: (B, L) transcript ids from the LLM tokenizer, padded with -1.
@@ -149,6 +172,20 @@ class AVSRLLMModel(AbsESPnetModel):
         """
         batch = dict(speech=speech, speech_lengths=speech_lengths, video=video, video_lengths=video_lengths)
         feats = self.encode(self.tasks, batch)
+        stats: Dict[str, torch.Tensor] = {}
+        loss = self.llm_weight * self.llm_loss(feats, text, text_lengths, stats) if self.llm_weight else None
+        for name, aux in self.aux_losses(feats, text, text_lengths).items():
+            stats[name] = aux.detach()
+            weighted = self.aux_weight(name) * aux
+            loss = weighted if loss is None else loss + weighted
+        stats["loss"] = loss.detach()
+        weight = torch.tensor(float(text.size(0)), device=loss.device)
+        return loss, stats, weight
+
+    def llm_loss(
+        self, feats: Dict[str, Tokens], text: torch.Tensor, text_lengths: torch.Tensor, stats: Dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """sum_t(weight_t * loss_t) / n_tasks over this step's task x rate sequences; fills `stats`."""
         drawn = None
         if self.training and self.rate_sampling == "one_pair":
             drawn = {m: self.rates(m)[int(torch.randint(len(self.rates(m)), ()))] for m in feats}
@@ -163,7 +200,7 @@ class AVSRLLMModel(AbsESPnetModel):
         results = self.sequence_losses(
             [(t, {m: tokens(m, rate) for m, rate in r.items()}) for t, r in jobs], text, text_lengths
         )
-        stats, task_loss = {}, {}
+        task_loss = {}
         for t in self.tasks:
             mine = [res for (tj, _), res in zip(jobs, results) if tj == t]
             task_loss[t] = sum(res[0] for res in mine) / len(mine)
@@ -174,18 +211,23 @@ class AVSRLLMModel(AbsESPnetModel):
         if len(jobs) > len(self.tasks):
             for (t, r), res in zip(jobs, results):
                 stats[f"loss_{condition_label(t, r)}"] = res[0].detach()
-        loss = sum(self.task_weights[t] * task_loss[t] for t in self.tasks) / len(self.tasks)
+        n_tok = sum(res[2] for res in results)
+        stats["acc"] = sum(res[1] * res[2] for res in results) / n_tok
+        return sum(self.task_weights[t] * task_loss[t] for t in self.tasks) / len(self.tasks)
+
+    def aux_losses(self, feats: Dict[str, Tokens], text: torch.Tensor, text_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The auxiliary losses on the encoders' features, unweighted: ctc_<modality>, distill."""
+        out = {}
         if self.ctc_weights:
             texts = self.transcripts(text, text_lengths)
             for m, head in self.ctc.items():
-                ctc = head(*feats[m], texts)
-                stats[f"ctc_{m}"] = ctc.detach()
-                loss = loss + self.ctc_weights[m] * ctc
-        n_tok = sum(res[2] for res in results)
-        stats["loss"] = loss.detach()
-        stats["acc"] = sum(res[1] * res[2] for res in results) / n_tok
-        weight = torch.tensor(float(text.size(0)), device=loss.device)
-        return loss, stats, weight
+                out[f"ctc_{m}"] = head(*feats[m], texts)
+        if self.distill is not None:
+            out["distill"] = self.distill(*feats["video"], *feats["audio"])
+        return out
+
+    def aux_weight(self, name: str) -> float:
+        return self.distill_weight if name == "distill" else self.ctc_weights[name[len("ctc_"):]]
 
     def transcripts(self, text: torch.Tensor, text_lengths: torch.Tensor) -> List[str]:
         """The batch's transcripts as strings (decoded from the LLM token ids)."""

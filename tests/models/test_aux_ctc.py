@@ -74,3 +74,43 @@ def test_ctc_on_a_modality_no_task_uses_is_refused(tiny_llm_dir, tiny_whisper_di
     config["model_conf"] = dict(tasks=["asr"], ctc_weights=dict(video=0.3))
     with pytest.raises(ValueError, match="ctc_weights: 'video'"):
         build(config)
+
+
+@pytest.fixture
+def warmup_model(tiny_llm_dir, tiny_whisper_dir):
+    torch.manual_seed(0)
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
+    config["model_conf"] = dict(tasks=["avsr"], ctc_weights=dict(video=0.3), distill_weight=1.0)
+    model, _ = build(config)
+    return model
+
+
+def test_distill_and_ctc_add_to_the_llm_loss(warmup_model):
+    warmup_model.eval()
+    batch = make_batch(warmup_model.decoder.tokenizer, n=3)
+    loss, stats, _ = warmup_model(**batch)
+    llm = warmup_model.llm_loss(warmup_model.encode(["avsr"], batch), batch["text"], batch["text_lengths"], {})
+    assert torch.allclose(loss, llm + 0.3 * stats["ctc_video"] + stats["distill"], atol=1e-5)
+    assert 0 < stats["distill"] < 2
+
+
+def test_llm_weight_zero_skips_the_llm(warmup_model, monkeypatch):
+    warmup_model.llm_weight = 0.0
+    monkeypatch.setattr(warmup_model, "sequence_losses", lambda *a, **k: pytest.fail("LLM pass with llm_weight 0"))
+    batch = make_batch(warmup_model.decoder.tokenizer, n=2)
+    loss, stats, _ = warmup_model(**batch)
+    assert "acc" not in stats
+    assert torch.allclose(loss, 0.3 * stats["ctc_video"] + stats["distill"])
+    loss.backward()
+    assert warmup_model.video.frontend.proj.weight.grad is not None
+    assert all(p.grad is None for n, p in warmup_model.named_parameters() if "lora_" in n)
+
+
+def test_distill_needs_both_modalities_and_llm_weight_needs_a_loss(tiny_llm_dir, tiny_whisper_dir):
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir, task="vsr")
+    config["model_conf"] = dict(tasks=["vsr"], distill_weight=1.0)
+    with pytest.raises(ValueError, match="use both audio and video"):
+        build(config)
+    config["model_conf"] = dict(tasks=["vsr"], llm_weight=0.0)
+    with pytest.raises(ValueError, match="llm_weight 0.0"):
+        build(config)
