@@ -38,6 +38,15 @@ def test_debug_recipe_all_stages(tmp_path):
         _, spk, utt = path.split("/")
         assert f"{spk}-{utt}" in reports or path in reports, (path, reports)
 
+    # stage 8: the lip warm-up ran without the LLM, and the main run started from its video branch
+    exp = work / "exp" / "multitask_tiny"
+    warm_log = (exp / "warmup" / "train.log").read_text()
+    assert "ctc_video" in warm_log and "loss_asr" not in warm_log
+    assert (exp / "warmup" / "valid.loss.best.pth").exists()
+    config = (exp / "config.yaml").read_text()
+    assert re.search(r"warmup/valid\.loss\.best\.pth:video:video", config)
+    assert "noise: dump/noise/babble.wav" in config
+
     results = (work / "RESULTS.md").read_text()
     for task in ("asr", "vsr", "avsr"):
         assert re.search(rf"\|\s*{task}(_[av0-9]+)?\s*\|[^\n]*?\d+\.\d+", results), (task, results)
