@@ -2,7 +2,9 @@
 import glob
 import os
 
+import numpy as np
 import pytest
+import soundfile
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +28,10 @@ def test_train_config_builds(path, tmp_path, tiny_llm_dir, tiny_whisper_dir, tin
     if config.get("video_encoder_conf", {}).get("checkpoint"):
         config["video_encoder_conf"]["checkpoint"] = tiny_avhubert_checkpoint
     config["decoder_conf"]["model_dir"] = tiny_llm_dir
+    if config.get("preprocessor_conf", {}).get("noise"):
+        noise = tmp_path / "babble.wav"
+        soundfile.write(noise, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+        config["preprocessor_conf"]["noise"] = str(noise)
     config["decoder_conf"]["dtype"] = "float32"
     local = tmp_path / "config.yaml"
     local.write_text(yaml.safe_dump(config))
