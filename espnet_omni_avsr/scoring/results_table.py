@@ -19,7 +19,9 @@ found, highest first; a cell is ``WER (LLM input tokens per second)``, tokens pe
 sum of ``llm_tokens`` over the decoded utterances divided by the sum of their ``utt2dur`` (computed
 by the scoring stage, ``summary.json["llm_tokens"]``; for a summary without it, from the decoding
 dir's ``llm_tokens`` and ``<dump_dir>/<set>/utt2dur`` when ``dump_dir`` is given). Then sclite's counts per decoded set, and a
-compact task x SNR table of WER. The plot (``RESULTS_wer_vs_tokens.png`` beside RESULTS.md, only
+compact task x SNR table of WER. Then the papers' layout for the clean test sets: one row per model
+(and decoding config), one column per task at its rates (``ASR@4``, ``VSR@2``, ``AVSR(4,2)``; the
+rates come from the task label), a cell ``WER (tokens per second)``. The plot (``RESULTS_wer_vs_tokens.png`` beside RESULTS.md, only
 when some decoded set has both numbers) shows WER against tokens per second: one colour per task
 family, one marker per SNR, one line style per test set; points of a series are joined in order of
 tokens per second (several models or rates of one task family).
@@ -196,6 +198,48 @@ def _snr_columns(results: List[DecodeResult]) -> List[Optional[float]]:
     return ([None] if any(r.snr is None for r in results) else []) + snrs
 
 
+_LABEL_RE = re.compile(r"^(?P<task>[a-z]+)(?:_(?:a(?P<a>\d+))?(?:v(?P<v>\d+))?)?$")
+_TASK_ORDER = {"asr": 0, "vsr": 1, "avsr": 2}
+
+
+def paper_column(label: str) -> Tuple[Tuple, str]:
+    """A task label -> (sort key, column name): asr_a4 -> ASR@4, vsr_v2 -> VSR@2, avsr_a4v2 -> AVSR(4,2);
+    a label without rates is the task name (ASR). Other labels keep their text, after the known ones."""
+    m = _LABEL_RE.match(label)
+    if m is None or m.group("task") not in _TASK_ORDER:
+        return (9, label), label
+    task, a, v = m.group("task"), m.group("a"), m.group("v")
+    rates = [int(x) for x in (a, v) if x is not None]
+    if not rates:
+        name = task.upper()
+    elif len(rates) == 1:
+        name = f"{task.upper()}@{rates[0]}"
+    else:
+        name = f"{task.upper()}({rates[0]},{rates[1]})"
+    return (_TASK_ORDER[task], tuple(rates)), name
+
+
+def paper_table(results: List[DecodeResult]) -> List[str]:
+    """Clean results in the papers' layout: rows model (decode), columns task@rates; WER (tokens/s)."""
+    lines: List[str] = []
+    clean = [r for r in results if r.snr is None]
+    several = len({r.inference for r in clean}) > 1
+    for test_set in sorted({r.test_set for r in clean}):
+        rs = [r for r in clean if r.test_set == test_set]
+        columns = sorted({paper_column(r.task) for r in rs})
+        cell = {(r.model, r.inference, paper_column(r.task)[1]): r for r in rs}
+        rows = []
+        for model, inference in sorted({(r.model, r.inference) for r in rs}):
+            values = []
+            for _, name in columns:
+                r = cell.get((model, inference, name))
+                values.append("-" if r is None else f"{r.wer:.2f} ({_fmt(r.tokens_per_second, 1)})")
+            rows.append([model + (f" ({inference})" if several else "")] + values)
+        lines += [f"### {test_set}, clean: WER (%) (LLM input tokens per second)", ""]
+        lines += _table(["model"] + [name for _, name in columns], rows) + [""]
+    return lines
+
+
 def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -242,6 +286,8 @@ def render_markdown(models: Dict[str, ModelInfo], env: Dict[str, str], plot_name
                          "S.Err", "missing hyp", "scorer"], detail)
         lines += ["", "</details>", ""]
 
+    if any(r.snr is None for r in results):
+        lines += ["## Models x tasks at their rates (the papers' layout)", ""] + paper_table(results)
     lines += ["## WER (%) by task and SNR", ""]
     cols = _snr_columns(results)
     several = len({(r.model, r.inference) for r in results}) > 1

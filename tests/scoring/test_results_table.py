@@ -104,3 +104,23 @@ def test_collect_groups_by_model(tmp_path):
     assert list(models) == ["avsr_small"]
     snrs = sorted((r.snr is None, r.snr or 0) for r in models["avsr_small"].results if r.task == "asr")
     assert snrs == [(False, -5.0), (False, 5.0), (True, 0)]
+
+
+def test_paper_layout_rows_models_columns_task_rates(tmp_path):
+    from espnet_omni_avsr.scoring.results_table import paper_column
+
+    assert paper_column("asr_a16")[1] == "ASR@16" and paper_column("avsr_a4v2")[1] == "AVSR(4,2)"
+    assert paper_column("vsr")[1] == "VSR" and paper_column("odd-label")[1] == "odd-label"
+    entries = {
+        ("omni_s", "greedy", "test", "asr_a4", "clean"): (3.0, 12.5),
+        ("omni_s", "greedy", "test", "asr_a16", "clean"): (5.5, 3.1),
+        ("omni_s", "greedy", "test", "avsr_a4v2", "clean"): (2.75, 25.0),
+        ("omni_s", "greedy", "test", "vsr_v5", "clean"): (40.0, 5.0),
+        ("omni_s", "greedy", "test", "asr_a4", "0"): (30.0, 12.5),
+        ("omni_t", "greedy", "test", "asr_a4", "clean"): (3.5, 12.5),
+    }
+    write_results(_fake_exp(tmp_path, entries, with_logs=False), tmp_path / "RESULTS.md", plot=False)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "| model | ASR@4 | ASR@16 | VSR@5 | AVSR(4,2) |" in md  # tasks in paper order, rates ascending
+    assert "| omni_s | 3.00 (12.5) | 5.50 (3.1) | 40.00 (5.0) | 2.75 (25.0) |" in md
+    assert "| omni_t | 3.50 (12.5) | - | - | - |" in md
