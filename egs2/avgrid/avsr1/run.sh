@@ -14,4 +14,5 @@ set -euo pipefail
     --inference_config conf/decode/greedy.yaml \
     --local_data_opts "--num_utts 1000" \
     --warmup_args "--model_conf llm_weight=0 --max_epoch 4 --optim_conf lr=2.0e-3 --scheduler_conf warmup_steps=50 --best_model_criterion valid,loss,min --keep_nbest_models 1" \
+    --warmup_init "video ctc distill" \
     "$@"
