@@ -10,6 +10,7 @@ from espnet_omni_avsr.decoders.prompt import IGNORE_ID, TASK_MODALITIES, PromptL
 from espnet_omni_avsr.models.aux_ctc import CharCTC
 from espnet_omni_avsr.models.av_distill import AudioToVideoDistill
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
+from espnet_omni_avsr.models.token_ctc import TokenCTC
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 from espnet_omni_avsr.utils.rates import condition_label
 
@@ -43,6 +44,9 @@ class AVSRLLMModel(AbsESPnetModel):
         distill_weight: weight of audio-guided lip distillation (`av_distill.AudioToVideoDistill`:
             video features predict the frozen audio encoder's features); needs a task that uses
             both modalities' encoders. 0 (default): off. distill_conf: its arguments.
+        token_ctc_weights: modality -> weight of an auxiliary CTC over the LLM's vocabulary on that
+            branch's projected tokens (`token_ctc.TokenCTC`: the projector learns to place the
+            words near their LLM embeddings). Off by default (the papers' setting).
         llm_weight: weight of the LLM loss. 0 trains only the auxiliary losses and skips the LLM
             entirely: a cheap warm-up of a lip encoder trained from scratch, whose weights the main
             run then loads (`--init_param`).
@@ -64,6 +68,7 @@ class AVSRLLMModel(AbsESPnetModel):
         ctc_weights: Optional[Mapping[str, float]] = None,
         distill_weight: float = 0.0,
         distill_conf: Optional[Mapping] = None,
+        token_ctc_weights: Optional[Mapping[str, float]] = None,
         llm_weight: float = 1.0,
         save_frozen_pretrained: bool = False,
     ):
@@ -100,6 +105,16 @@ class AVSRLLMModel(AbsESPnetModel):
                     f"{tasks} use: {used}"
                 )
         self.ctc = torch.nn.ModuleDict({m: CharCTC(getattr(self, m).feature_size) for m in sorted(self.ctc_weights)})
+        self.token_ctc_weights = {m: float(w) for m, w in (token_ctc_weights or {}).items() if float(w) != 0.0}
+        for m, w in self.token_ctc_weights.items():
+            if m not in used or w < 0:
+                raise ValueError(
+                    f"token_ctc_weights: {m!r}: {w} needs a weight >= 0 and a modality that the tasks "
+                    f"{tasks} use: {used}"
+                )
+        self.token_ctc = torch.nn.ModuleDict(
+            {m: TokenCTC(decoder.hidden_size) for m in sorted(self.token_ctc_weights)}
+        )
         self.distill_weight = float(distill_weight)
         self.distill = None
         if self.distill_weight:
@@ -110,8 +125,12 @@ class AVSRLLMModel(AbsESPnetModel):
                 )
             self.distill = AudioToVideoDistill(video.feature_size, audio.feature_size, **(distill_conf or {}))
         self.llm_weight = float(llm_weight)
-        if self.llm_weight < 0 or (self.llm_weight == 0 and not (self.ctc_weights or self.distill_weight)):
-            raise ValueError(f"llm_weight {llm_weight}: must be > 0, or 0 with ctc_weights or distill_weight set")
+        if self.llm_weight < 0 or (
+            self.llm_weight == 0 and not (self.ctc_weights or self.distill_weight or self.token_ctc_weights)
+        ):
+            raise ValueError(
+                f"llm_weight {llm_weight}: must be > 0, or 0 with ctc_weights, token_ctc_weights or distill_weight set"
+            )
         if not save_frozen_pretrained:
             skip_frozen_pretrained_weights(self)
 
@@ -216,7 +235,8 @@ class AVSRLLMModel(AbsESPnetModel):
         return sum(self.task_weights[t] * task_loss[t] for t in self.tasks) / len(self.tasks)
 
     def aux_losses(self, feats: Dict[str, Tokens], text: torch.Tensor, text_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The auxiliary losses on the encoders' features, unweighted: ctc_<modality>, distill."""
+        """The auxiliary losses, unweighted: ctc_<modality> and distill on the encoders' features,
+        token_ctc_<modality> on the projected tokens (averaged over the branch's rates)."""
         out = {}
         if self.ctc_weights:
             texts = self.transcripts(text, text_lengths)
@@ -224,10 +244,20 @@ class AVSRLLMModel(AbsESPnetModel):
                 out[f"ctc_{m}"] = head(*feats[m], texts)
         if self.distill is not None:
             out["distill"] = self.distill(*feats["video"], *feats["audio"])
+        if self.token_ctc_weights:
+            table = self.decoder.base_model.get_output_embeddings().weight
+            for m, head in self.token_ctc.items():
+                branch = getattr(self, m)
+                losses = [head(*branch.tokenize(*feats[m], r), text, text_lengths, table) for r in branch.rates]
+                out[f"token_ctc_{m}"] = sum(losses) / len(losses)
         return out
 
     def aux_weight(self, name: str) -> float:
-        return self.distill_weight if name == "distill" else self.ctc_weights[name[len("ctc_"):]]
+        if name == "distill":
+            return self.distill_weight
+        if name.startswith("token_ctc_"):
+            return self.token_ctc_weights[name[len("token_ctc_"):]]
+        return self.ctc_weights[name[len("ctc_"):]]
 
     def transcripts(self, text: torch.Tensor, text_lengths: torch.Tensor) -> List[str]:
         """The batch's transcripts as strings (decoded from the LLM token ids)."""

@@ -1,0 +1,89 @@
+"""Auxiliary CTC over the LLM's vocabulary on a branch's projected tokens (training aid).
+
+The LLM reads the projector's output as if it were token embeddings. This loss scores each
+projected token against the LLM's own frozen output embedding table (cosine similarity times a
+learned scale, plus one learned blank vector) and asks, through CTC, that the sequence of projected
+tokens spell the transcript's LLM tokens. The projector then learns to put the words it hears (or
+sees) near the embeddings of those words, which the pretrained LLM already knows how to read;
+the LLM's LoRA has far less to learn. It needs no LLM pass (one matrix product with the embedding
+table), so it also fits the cheap warm-up run of egs2/avgrid/avsr1 (`--model_conf llm_weight=0`).
+
+Not in the papers (their projectors learn from the LLM loss alone, on hundreds of hours); off by
+default. Each rate of the branch gets the loss (averaged); a rate with fewer tokens than the
+alignment needs adds zero.
+"""
+import math
+from typing import Sequence, Tuple
+
+import torch
+
+
+class TokenCTC(torch.nn.Module):
+    """CTC of projected tokens against LLM token ids.
+
+    Args:
+        hidden_size: the LLM's hidden size (the projector's output size).
+        init_scale: initial value of the learned cosine-logit scale.
+
+    forward(tokens (B, T, D), lengths (B,), targets (B, L) LLM ids padded with anything,
+    target_lengths (B,), table (V, D) the LLM's output embeddings) -> the mean over utterances
+    of the CTC loss divided by the target length.
+    """
+
+    def __init__(self, hidden_size: int, init_scale: float = 20.0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.blank = torch.nn.Parameter(torch.randn(hidden_size, generator=gen) / math.sqrt(hidden_size))
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def logits(self, tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, 1 + V): class 0 is blank, class 1 + v is LLM token v."""
+        unit = tokens.float()
+        unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        blank = self.blank / self.blank.norm().clamp_min(1e-6)
+        vocab = torch.matmul(unit.to(table.dtype), self._unit_table(table).t()).float()
+        cos = torch.cat([(unit @ blank)[..., None], vocab], dim=-1)
+        return cos * self.log_scale.exp()
+
+    def _unit_table(self, table: torch.Tensor) -> torch.Tensor:
+        """The frozen table with unit-norm rows, computed once (the table never changes)."""
+        key = (table.data_ptr(), table.device, table.dtype, tuple(table.shape))
+        if getattr(self, "_cache_key", None) != key:
+            t = table.detach().float()
+            self._cache = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(table.dtype)
+            self._cache_key = key
+        return self._cache
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        targets: torch.Tensor,
+        target_lengths: torch.Tensor,
+        table: torch.Tensor,
+    ) -> torch.Tensor:
+        log_probs = self.logits(tokens, table).log_softmax(-1).transpose(0, 1)  # (T, B, 1 + V)
+        device = tokens.device
+        return torch.nn.functional.ctc_loss(
+            log_probs,
+            (targets.clamp_min(0) + 1).to(device),
+            lengths.to(device),
+            target_lengths.to(device),
+            blank=0,
+            reduction="mean",
+            zero_infinity=True,
+        )
+
+    @staticmethod
+    def greedy(log_probs_or_logits: torch.Tensor, lengths: torch.Tensor) -> Sequence[Tuple[int, ...]]:
+        """Best-path decoding of (B, T, 1 + V) scores into LLM token ids (for inspection)."""
+        best = log_probs_or_logits.argmax(-1)
+        out = []
+        for row, n in zip(best, lengths):
+            ids, prev = [], 0
+            for c in row[: int(n)].tolist():
+                if c != prev and c != 0:
+                    ids.append(c - 1)
+                prev = c
+            out.append(tuple(ids))
+        return out
