@@ -38,13 +38,17 @@ def test_debug_recipe_all_stages(tmp_path):
         _, spk, utt = path.split("/")
         assert f"{spk}-{utt}" in reports or path in reports, (path, reports)
 
-    # stage 8: the lip warm-up ran without the LLM, and the main run started from its video branch
+    # stage 8: the warm-up ran without the LLM (lip CTC, token CTC on both projectors), and the main
+    # run started from its audio and video branches, without the token CTC heads
     exp = work / "exp" / "multitask_tiny"
     warm_log = (exp / "warmup" / "train.log").read_text()
     assert "ctc_video" in warm_log and "loss_asr" not in warm_log
+    assert "token_ctc_audio" in warm_log and "token_ctc_video" in warm_log
     assert (exp / "warmup" / "valid.loss.best.pth").exists()
     config = (exp / "config.yaml").read_text()
-    assert re.search(r"warmup/valid\.loss\.best\.pth:video:video", config)
+    for branch in ("audio", "video"):
+        assert re.search(rf"warmup/valid\.loss\.best\.pth:{branch}:{branch}", config), branch
+    assert "token_ctc" not in (exp / "train.log").read_text().split("epoch started")[-1]
     assert "noise: dump/noise/babble.wav" in config
 
     results = (work / "RESULTS.md").read_text()
