@@ -19,6 +19,18 @@ RATE_SAMPLING = ("one_pair", "all_pairs")
 Tokens = Tuple[torch.Tensor, torch.Tensor]  # (B, T, D_llm), (B,)
 
 
+def _modality_weights(
+    name: str, weights: Optional[Mapping[str, float]], tasks: Sequence[str], used: Sequence[str]
+) -> Dict[str, float]:
+    """modality -> weight of an auxiliary loss, zero weights dropped; a modality that no task uses, or
+    a negative weight, is refused."""
+    out = {m: float(w) for m, w in (weights or {}).items() if float(w) != 0.0}
+    for m, w in out.items():
+        if m not in used or w < 0:
+            raise ValueError(f"{name}: {m!r}: {w} needs a weight >= 0 and a modality that the tasks {tasks} use: {used}")
+    return out
+
+
 class AVSRLLMModel(AbsESPnetModel):
     """ASR / VSR / AVSR with an LLM reading audio and/or video tokens.
 
@@ -89,29 +101,17 @@ class AVSRLLMModel(AbsESPnetModel):
         self.task_weights = dict(zip(tasks, weights))
         self.rate_sampling = rate_sampling
         self.batched_tasks = batched_tasks
-        for m in sorted({m for t in tasks for m in TASK_MODALITIES[t]}):
+        used = sorted({m for t in tasks for m in TASK_MODALITIES[t]})
+        for m in used:
             if getattr(self, m) is None:
                 raise ValueError(
                     f"task(s) {tasks} need a {m} branch, but the config builds none "
                     f"(set {m}_frontend, {m}_compressor and {m}_projector)"
                 )
         self.prompt = PromptLayout(decoder.tokenizer, instructions)
-        self.ctc_weights = {m: float(w) for m, w in (ctc_weights or {}).items() if float(w) != 0.0}
-        used = sorted({m for t in tasks for m in TASK_MODALITIES[t]})
-        for m, w in self.ctc_weights.items():
-            if m not in used or w < 0:
-                raise ValueError(
-                    f"ctc_weights: {m!r}: {w} needs a weight >= 0 and a modality that the tasks "
-                    f"{tasks} use: {used}"
-                )
+        self.ctc_weights = _modality_weights("ctc_weights", ctc_weights, tasks, used)
         self.ctc = torch.nn.ModuleDict({m: CharCTC(getattr(self, m).feature_size) for m in sorted(self.ctc_weights)})
-        self.token_ctc_weights = {m: float(w) for m, w in (token_ctc_weights or {}).items() if float(w) != 0.0}
-        for m, w in self.token_ctc_weights.items():
-            if m not in used or w < 0:
-                raise ValueError(
-                    f"token_ctc_weights: {m!r}: {w} needs a weight >= 0 and a modality that the tasks "
-                    f"{tasks} use: {used}"
-                )
+        self.token_ctc_weights = _modality_weights("token_ctc_weights", token_ctc_weights, tasks, used)
         self.token_ctc = torch.nn.ModuleDict(
             {m: TokenCTC(decoder.hidden_size) for m in sorted(self.token_ctc_weights)}
         )
