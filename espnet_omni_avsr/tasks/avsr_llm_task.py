@@ -34,6 +34,7 @@ from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend
 from espnet_omni_avsr.frontends.mouth_roi_frontend import MouthROIFrontend
+from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend
 from espnet_omni_avsr.frontends.resnet18_video_frontend import ResNet18VideoFrontend
 from espnet_omni_avsr.frontends.whisper_logmel_frontend import WhisperLogMelFrontend
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
@@ -58,7 +59,9 @@ audio_compressor_choices = _optional("audio_compressor", COMPRESSORS, AbsCompres
 audio_projector_choices = _optional("audio_projector", PROJECTORS, AbsProjector)
 video_frontend_choices = _optional(
     "video_frontend",
-    dict(resnet18=ResNet18VideoFrontend, light=LightVideoFrontend, mouth_roi=MouthROIFrontend),
+    dict(
+        resnet18=ResNet18VideoFrontend, light=LightVideoFrontend, pixel=PixelVideoFrontend, mouth_roi=MouthROIFrontend
+    ),
     AbsVideoFrontend,
 )
 video_encoder_choices = _optional(
