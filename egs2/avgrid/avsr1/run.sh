@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The embedded GRID-style audio-visual corpus (generated here, nothing is downloaded):
-# frozen Whisper tiny.en + a trainable light lip encoder + frozen SmolLM2-135M with LoRA,
+# frozen Whisper tiny.en + a trainable pixel lip encoder + frozen SmolLM2-135M with LoRA,
 # one model trained on ASR, VSR and AVSR, each decoded and scored (clean and noisy).
-# Stage 8 first warms the branches up without the LLM (about 1 s a step instead of about 5): the lip
+# Stage 8 first warms the branches up without the LLM (about 1.35 s a step instead of about 6): the lip
 # encoder learns from character CTC and audio-guided distillation, and both projectors learn to place
 # their tokens near the LLM's embeddings of the spoken words (token CTC over the LLM vocabulary).
 # The main run (one epoch) starts from those weights and trains LoRA and the branches through the LLM.
