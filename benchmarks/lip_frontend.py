@@ -20,6 +20,7 @@ import torch
 from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from espnet_omni_avsr.data.collate import AVSRCollateFn  # noqa: E402
 from espnet_omni_avsr.data.video_io import VideoScpReader  # noqa: E402
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend  # noqa: E402
 from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend  # noqa: E402
@@ -32,17 +33,15 @@ def load(set_dir: str):
     texts = dict(line.rstrip("\n").split(" ", 1) for line in open(os.path.join(set_dir, "text")))
     videos, refs = [], []
     for key, frames in VideoScpReader(os.path.join(set_dir, "video.scp")).items():
-        videos.append(torch.from_numpy(frames))
+        videos.append(frames)
         refs.append(" ".join(texts[key].lower().split()))
     return videos, refs
 
 
 def pad(videos, idx):
-    lengths = torch.tensor([len(videos[i]) for i in idx])
-    batch = torch.zeros((len(idx), int(lengths.max())) + tuple(videos[idx[0]].shape[1:]), dtype=torch.uint8)
-    for j, i in enumerate(idx):
-        batch[j, : lengths[j]] = videos[i]
-    return batch, lengths
+    """(B, T_max, H, W) uint8 frames and (B,) lengths, padded as in training."""
+    _, batch = AVSRCollateFn()([(str(i), {"video": videos[i]}) for i in idx])
+    return batch["video"], batch["video_lengths"]
 
 
 class LipEncoder(torch.nn.Module):
