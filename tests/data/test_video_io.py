@@ -57,6 +57,24 @@ def test_colour_video_is_converted_to_gray(tmp_path):
     assert abs(float(gray.mean()) - 0.299 * 255) < 4  # BT.601 luma of pure red
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p", "yuv444p", "gray", "rgb24"])
+@pytest.mark.parametrize("color_range", [0, 1, 2])
+def test_luma_plane_shortcut_gives_ffmpegs_gray_pixels(pix_fmt, color_range):
+    """read_video takes the luma plane through a lookup table: the same pixels as FFmpeg's scaler,
+    for every value, format and range (width 34: the plane's padded rows must be cut)."""
+    from espnet_omni_avsr.data.video_io import _frame_to_gray
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (18, 34, 3), dtype=np.uint8)
+    rgb[0, :, :] = np.arange(34)[:, None] * 7 % 256  # extremes of the range included
+    rgb[1, :, :] = 255 - rgb[0]
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+    frame.color_range = color_range
+    gray = _frame_to_gray(frame)
+    assert gray.dtype == np.uint8 and gray.shape == (18, 34)
+    assert np.array_equal(gray, frame.to_ndarray(format="gray"))
+
+
 def test_npy_round_trip_exact(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8)
     write_video(tmp_path / "a.npy", frames)
