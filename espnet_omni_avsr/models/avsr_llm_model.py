@@ -10,7 +10,7 @@ from espnet_omni_avsr.decoders.prompt import IGNORE_ID, TASK_MODALITIES, PromptL
 from espnet_omni_avsr.models.aux_ctc import CharCTC
 from espnet_omni_avsr.models.av_distill import AudioToVideoDistill
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
-from espnet_omni_avsr.models.token_ctc import TokenCTC
+from espnet_omni_avsr.models.token_ctc import TokenCTC, transcript_token_ids
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 from espnet_omni_avsr.utils.rates import condition_label
 
@@ -59,6 +59,9 @@ class AVSRLLMModel(AbsESPnetModel):
         token_ctc_weights: modality -> weight of an auxiliary CTC over the LLM's vocabulary on that
             branch's projected tokens (`token_ctc.TokenCTC`: the projector learns to place the
             words near their LLM embeddings). Off by default (the papers' setting).
+        token_ctc_vocab: a Kaldi `text` file (e.g. the training set's): token CTC's softmax then runs
+            over the LLM tokens of its transcripts (and each batch's targets) instead of the whole
+            vocabulary, several times cheaper. None (default): the whole vocabulary.
         llm_weight: weight of the LLM loss. 0 trains only the auxiliary losses and skips the LLM
             entirely: a cheap warm-up of a lip encoder trained from scratch, whose weights the main
             run then loads (`--init_param`).
@@ -81,6 +84,7 @@ class AVSRLLMModel(AbsESPnetModel):
         distill_weight: float = 0.0,
         distill_conf: Optional[Mapping] = None,
         token_ctc_weights: Optional[Mapping[str, float]] = None,
+        token_ctc_vocab: Optional[str] = None,
         llm_weight: float = 1.0,
         save_frozen_pretrained: bool = False,
     ):
@@ -112,8 +116,11 @@ class AVSRLLMModel(AbsESPnetModel):
         self.ctc_weights = _modality_weights("ctc_weights", ctc_weights, tasks, used)
         self.ctc = torch.nn.ModuleDict({m: CharCTC(getattr(self, m).feature_size) for m in sorted(self.ctc_weights)})
         self.token_ctc_weights = _modality_weights("token_ctc_weights", token_ctc_weights, tasks, used)
+        vocab_ids = None
+        if token_ctc_vocab and self.token_ctc_weights:
+            vocab_ids = transcript_token_ids(token_ctc_vocab, decoder.tokenizer)
         self.token_ctc = torch.nn.ModuleDict(
-            {m: TokenCTC(decoder.hidden_size) for m in sorted(self.token_ctc_weights)}
+            {m: TokenCTC(decoder.hidden_size, vocab_ids=vocab_ids) for m in sorted(self.token_ctc_weights)}
         )
         self.distill_weight = float(distill_weight)
         self.distill = None

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from espnet_omni_avsr.models.token_ctc import TokenCTC
+from espnet_omni_avsr.models.token_ctc import TokenCTC, transcript_token_ids
 
 from tests.models.conftest import build, tiny_config
 from tests.models.test_avsr_llm_model import make_batch
@@ -37,6 +37,48 @@ def test_loss_matches_torch_ctc_with_shifted_ids():
         for b in range(2)
     ]
     assert torch.allclose(loss, sum(ref) / 2, atol=1e-5)
+
+
+def test_restricted_vocabulary_is_ctc_over_the_candidates_and_the_batch_targets():
+    """With vocab_ids, the loss is full CTC on a table of the candidate rows only; a target
+    outside vocab_ids (10) joins the candidates instead of being lost."""
+    torch.manual_seed(0)
+    head = TokenCTC(8, vocab_ids=[2, 5, 3])
+    table = torch.randn(11, 8)
+    tokens, lengths = torch.randn(2, 9, 8), torch.tensor([9, 6])
+    targets = torch.tensor([[3, 5, -1], [10, 2, 2]])
+    target_lengths = torch.tensor([2, 3])
+    loss = head(tokens, lengths, targets, target_lengths, table)
+    candidates = torch.tensor([2, 3, 5, 10])
+    full = TokenCTC(8)
+    full.load_state_dict(head.state_dict())
+    remapped = torch.tensor([[1, 2, 0], [3, 0, 0]])  # indices into candidates
+    assert torch.allclose(loss, full(tokens, lengths, remapped, target_lengths, table[candidates]), atol=1e-5)
+    assert not torch.allclose(loss, full(tokens, lengths, targets, target_lengths, table), atol=1e-3)
+    loss.backward()
+    assert head.blank.grad is not None and torch.isfinite(head.blank.grad).all()
+
+
+def test_restricted_vocabulary_refuses_nothing_or_negative_ids():
+    for bad in ([], [-1, 3]):
+        with pytest.raises(ValueError, match="vocab_ids"):
+            TokenCTC(4, vocab_ids=bad)
+
+
+def test_transcript_token_ids_reads_kaldi_text_in_every_case(tmp_path, tiny_llm_dir):
+    from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer
+
+    tok = load_llm_tokenizer(tiny_llm_dir)
+    text = tmp_path / "text"
+    text.write_text("utt1 Bin Blue\nutt2\nutt3 now\n")
+    ids = transcript_token_ids(str(text), tok)
+    for words in ("Bin Blue", "bin blue", "BIN BLUE", "now"):
+        assert set(tok(words, add_special_tokens=False)["input_ids"]) <= set(ids)
+    with pytest.raises(ValueError, match="cannot read transcripts from .*missing"):
+        transcript_token_ids(str(tmp_path / "missing"), tok)
+    (tmp_path / "empty").write_text("utt1\n")
+    with pytest.raises(ValueError, match="no transcript in .*empty"):
+        transcript_token_ids(str(tmp_path / "empty"), tok)
 
 
 def test_too_few_tokens_add_zero():
@@ -82,6 +124,23 @@ def test_model_warmup_trains_projectors_only_through_token_ctc(token_ctc_model):
             assert p.grad is not None, name
         if name.startswith("decoder.") or name.startswith("audio.encoder"):
             assert p.grad is None, name
+
+
+def test_model_token_ctc_vocab_restricts_the_softmax_to_the_transcripts(tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    text = tmp_path / "text"
+    text.write_text("u1 bin blue at f two now\nu2 place red by g nine again\n")
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
+    config["model_conf"] = dict(
+        tasks=["avsr"], token_ctc_weights=dict(audio=1.0), llm_weight=0, token_ctc_vocab=str(text)
+    )
+    model, _ = build(config)
+    expected = transcript_token_ids(str(text), model.decoder.tokenizer)
+    assert model.token_ctc["audio"].vocab_ids.tolist() == expected
+    assert len(expected) < model.decoder.base_model.get_output_embeddings().weight.size(0) / 4
+    loss, stats, _ = model(**make_batch(model.decoder.tokenizer, n=2))
+    assert torch.isfinite(loss) and set(stats) == {"token_ctc_audio", "loss"}
+    # the candidate list is rebuilt from the file, never saved in checkpoints
+    assert all("vocab_ids" not in k for k in model.state_dict())
 
 
 def test_token_ctc_on_a_modality_no_task_uses_is_refused(tiny_llm_dir, tiny_whisper_dir):
