@@ -5,6 +5,12 @@
 
 Prints the median forward+backward+optimizer step time (and forward-only time) over --steps
 steps after --warmup steps, for random 3-s audio and 96x96 video with short transcripts.
+--set KEY=VALUE (dotted key, YAML value, repeatable) changes the config, e.g. the recipe's warm-up:
+
+    python benchmarks/model_step.py --config egs2/avgrid/avsr1/conf/omni_avsr/multitask_small.yaml \
+        --pretrained_dir egs2/avgrid/avsr1/pretrained --seconds 2.2 --set model_conf.llm_weight=0 \
+        --set model_conf.token_ctc_weights='{audio: 1.0, video: 0.5}' --set model_conf.ctc_weights.video=1.0 \
+        [--set model_conf.token_ctc_vocab=egs2/avgrid/avsr1/dump/train/text]
 """
 import argparse
 import os
@@ -15,11 +21,20 @@ import torch
 import yaml
 
 
-def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None):
+def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None, overrides=()):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
     with open(config_path) as f:
         config = yaml.safe_load(f)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = config
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
     for key in ("audio_encoder_conf", "decoder_conf"):
         conf = config.get(key) or {}
         if conf.get("model_dir"):
@@ -46,10 +61,11 @@ def main():
     p.add_argument("--pad_to_30s", action="store_true")
     p.add_argument("--separate_task_passes", action="store_true", help="one LLM pass per task")
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype)
+    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set)
     model.batched_tasks = not a.separate_task_passes
     tok = model.decoder.tokenizer
     b, s = a.batch_size, a.seconds
