@@ -121,7 +121,7 @@ def transcript_token_ids(path: str, tokenizer) -> List[int]:
     ids = set()
     try:
         with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+            for line in f:
                 parts = line.rstrip("\n").split(maxsplit=1)
                 if len(parts) < 2:
                     continue
