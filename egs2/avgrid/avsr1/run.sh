@@ -16,6 +16,6 @@ set -euo pipefail
     --train_config conf/omni_avsr/multitask_small.yaml \
     --inference_config conf/decode/greedy.yaml \
     --local_data_opts "--num_utts 1000" \
-    --warmup_args "--model_conf llm_weight=0 --model_conf token_ctc_weights.audio=1.0 --model_conf token_ctc_weights.video=0.5 --model_conf ctc_weights.video=1.0 --model_conf token_ctc_vocab=dump/train/text --max_epoch 15 --optim_conf lr=2.0e-3 --scheduler_conf warmup_steps=300 --best_model_criterion valid,loss,min --keep_nbest_models 1" \
+    --warmup_args "--model_conf llm_weight=0 --model_conf token_ctc_weights.audio=1.0 --model_conf token_ctc_weights.video=0.5 --model_conf ctc_weights.video=1.0 --model_conf token_ctc_vocab=dump/train/text --max_epoch 18 --optim_conf lr=2.0e-3 --scheduler_conf warmup_steps=300 --best_model_criterion valid,loss,min --keep_nbest_models 1" \
     --warmup_init "audio video ctc distill" \
     "$@"
