@@ -24,7 +24,7 @@ from espnet_omni_avsr.data.collate import AVSRCollateFn  # noqa: E402
 from espnet_omni_avsr.data.video_io import VideoScpReader  # noqa: E402
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend  # noqa: E402
 from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend  # noqa: E402
-from espnet_omni_avsr.models.aux_ctc import CHARS, CharCTC  # noqa: E402
+from espnet_omni_avsr.models.aux_ctc import CharCTC  # noqa: E402
 
 FRONTENDS = dict(light=LightVideoFrontend, pixel=PixelVideoFrontend)
 
@@ -67,10 +67,7 @@ def evaluate(model, videos, refs):
             idx = list(range(start, min(start + 16, len(videos))))
             feats, lengths = model(*pad(videos, idx))
             loss += model.ctc(feats, lengths, [refs[i] for i in idx]).item() * len(idx)
-            best = model.ctc.head(feats).argmax(-1)
-            for j in range(len(idx)):
-                ids = torch.unique_consecutive(best[j, : lengths[j]]).tolist()
-                hyps.append("".join(CHARS[c] for c in ids if c != 0).strip())
+            hyps.extend(model.ctc.greedy(feats, lengths))
     model.train()
     return loss / len(videos), jiwer.cer(refs, hyps)
 

@@ -63,3 +63,12 @@ class CharCTC(torch.nn.Module):
             reduction="mean",
             zero_infinity=True,
         )
+
+    @torch.no_grad()
+    def greedy(self, feats: torch.Tensor, lengths: torch.Tensor) -> List[str]:
+        """Best-path reading of (B, T, D) features as text (for inspection and benchmarks)."""
+        best = self.head(feats).argmax(-1)
+        return [
+            "".join(CHARS[c] for c in torch.unique_consecutive(row[: int(n)]).tolist() if c != BLANK).strip()
+            for row, n in zip(best, lengths)
+        ]

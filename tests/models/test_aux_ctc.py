@@ -32,6 +32,16 @@ def test_loss_matches_torch_ctc_per_character():
     assert torch.allclose(loss, sum(ref) / 2, atol=1e-5)
 
 
+def test_greedy_reads_the_best_path_without_repeats_and_blanks():
+    head = CharCTC(len(CHARS), dropout=0.0)
+    with torch.no_grad():
+        head.head.weight.copy_(torch.eye(len(CHARS)))
+        head.head.bias.zero_()
+    path = ["a", "a", "<blank>", "a", "b", " ", " ", "7", "x"]
+    feats = torch.nn.functional.one_hot(torch.tensor([[CHARS.index(c) for c in path]]), len(CHARS)).float()
+    assert head.greedy(feats, torch.tensor([8])) == ["aab 7"]
+
+
 def test_impossible_alignment_adds_zero_not_infinity():
     head = CharCTC(4, dropout=0.0)
     loss = head(torch.randn(1, 3, 4), torch.tensor([3]), ["abcdefgh"])
