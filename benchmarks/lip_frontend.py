@@ -24,7 +24,7 @@ from espnet_omni_avsr.data.collate import AVSRCollateFn  # noqa: E402
 from espnet_omni_avsr.data.video_io import VideoScpReader  # noqa: E402
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend  # noqa: E402
 from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend  # noqa: E402
-from espnet_omni_avsr.models.aux_ctc import CharCTC  # noqa: E402
+from espnet_omni_avsr.losses.char_ctc import CharCTC  # noqa: E402
 
 FRONTENDS = dict(light=LightVideoFrontend, pixel=PixelVideoFrontend)
 
@@ -66,7 +66,7 @@ def evaluate(model, videos, refs):
         for start in range(0, len(videos), 16):
             idx = list(range(start, min(start + 16, len(videos))))
             feats, lengths = model(*pad(videos, idx))
-            loss += model.ctc(feats, lengths, [refs[i] for i in idx]).item() * len(idx)
+            loss += model.ctc.compute(feats, lengths, [refs[i] for i in idx]).item() * len(idx)
             hyps.extend(model.ctc.greedy(feats, lengths))
     model.train()
     return loss / len(videos), jiwer.cer(refs, hyps)
@@ -96,7 +96,7 @@ def main():
         start = time.perf_counter()
         idx = rng.choice(len(train_videos), 8, replace=False).tolist()
         feats, lengths = model(*pad(train_videos, idx))
-        loss = model.ctc(feats, lengths, [train_refs[i] for i in idx])
+        loss = model.ctc.compute(feats, lengths, [train_refs[i] for i in idx])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)

@@ -5,12 +5,12 @@
 
 Prints the median forward+backward+optimizer step time (and forward-only time) over --steps
 steps after --warmup steps, for random 3-s audio and 96x96 video with short transcripts.
---set KEY=VALUE (dotted key, YAML value, repeatable) changes the config, e.g. the recipe's warm-up:
+--overlay YAML stacks a config on it as avsr_train's second --config does (e.g. the recipe's
+warm-up), and --set KEY=VALUE (dotted key, YAML value, repeatable) changes single values:
 
     python benchmarks/model_step.py --config egs2/avgrid/avsr1/conf/omni_avsr/multitask_small.yaml \
-        --pretrained_dir egs2/avgrid/avsr1/pretrained --seconds 2.2 --set model_conf.llm_weight=0 \
-        --set model_conf.token_ctc_weights='{audio: 1.0, video: 0.5}' --set model_conf.ctc_weights.video=1.0 \
-        [--set model_conf.token_ctc_vocab=egs2/avgrid/avsr1/dump/train/text]
+        --overlay egs2/avgrid/avsr1/conf/omni_avsr/multitask_small_warmup.yaml \
+        --pretrained_dir egs2/avgrid/avsr1/pretrained --seconds 2.2   # run from egs2/avgrid/avsr1 after stage 1
 """
 import argparse
 import os
@@ -21,11 +21,15 @@ import torch
 import yaml
 
 
-def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None, overrides=()):
+def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None, overrides=(), overlay=None):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+    from espnet_omni_avsr.utils.config_stack import merge
 
     with open(config_path) as f:
         config = yaml.safe_load(f)
+    if overlay:
+        with open(overlay) as f:
+            config = merge(config, yaml.safe_load(f))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -61,11 +65,12 @@ def main():
     p.add_argument("--pad_to_30s", action="store_true")
     p.add_argument("--separate_task_passes", action="store_true", help="one LLM pass per task")
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
+    p.add_argument("--overlay", default=None, help="a config stacked on --config (later keys win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set)
+    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set, a.overlay)
     model.batched_tasks = not a.separate_task_passes
     tok = model.decoder.tokenizer
     b, s = a.batch_size, a.seconds

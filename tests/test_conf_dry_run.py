@@ -20,8 +20,18 @@ def test_there_are_configs():
 def test_train_config_builds(path, tmp_path, tiny_llm_dir, tiny_whisper_dir, tiny_avhubert_checkpoint):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
+    from espnet_omni_avsr.utils.config_stack import merge
+
     with open(path) as f:
         config = yaml.safe_load(f)
+    if path.endswith("_warmup.yaml"):  # an overlay: stacked on the config it warms up
+        with open(path.replace("_warmup.yaml", ".yaml")) as f:
+            config = merge(yaml.safe_load(f), config)
+        for spec in config["losses"]:
+            if (spec.get("conf") or {}).get("vocab"):
+                text = tmp_path / "text"
+                text.write_text("u1 bin blue at f two now\n")
+                spec["conf"]["vocab"] = str(text)
     # point the pretrained folders at tiny random models of the same families
     if config.get("audio_encoder_conf", {}).get("model_dir"):
         config["audio_encoder_conf"]["model_dir"] = tiny_whisper_dir

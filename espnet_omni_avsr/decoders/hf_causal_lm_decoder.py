@@ -1,5 +1,6 @@
-"""The LLM decoder: any Hugging Face causal LM loaded from a local folder, frozen, with LoRA.
+"""The LLM decoder: any Hugging Face causal LM loaded from a local folder, frozen, with an adapter.
 
+One LLM pass is `decoder(prompt) -> LLMOutput`; the model never reaches inside the LLM or its adapter.
 The four modality delimiters get their own small trainable embedding table instead of new rows in
 the LLM's (frozen) vocabulary; the LM head is never asked to produce them.
 """
@@ -9,8 +10,10 @@ from typing import Optional
 
 import torch
 
+from espnet_omni_avsr.adapters.abs_llm_adapter import AbsLLMAdapter
+from espnet_omni_avsr.decoders.llm_output import LLMOutput
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer, special_tokens
-from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA
+from espnet_omni_avsr.decoders.prompt import IGNORE_ID, Prompt
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,7 +25,7 @@ class HFCausalLMDecoder(torch.nn.Module):
     Args:
         model_dir: local Hugging Face folder (config.json, weights, tokenizer files). Nothing is
             fetched from a hub and `trust_remote_code` stays off.
-        lora: the LoRA strategy to put on the LLM (None: no adapters).
+        adapter: what to put inside the LLM (`llm_adapter:`: a LoRA strategy; None: nothing).
         frozen: freeze the LLM's own weights (the papers' setting).
         dtype: "float32", "bfloat16" or "float16" for the LLM's weights.
         attn_implementation: passed to transformers ("sdpa", "eager", "flash_attention_2").
@@ -32,7 +35,7 @@ class HFCausalLMDecoder(torch.nn.Module):
     def __init__(
         self,
         model_dir: str,
-        lora: Optional[SharedLoRA] = None,
+        adapter: Optional[AbsLLMAdapter] = None,
         frozen: bool = True,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
@@ -63,8 +66,9 @@ class HFCausalLMDecoder(torch.nn.Module):
         if gradient_checkpointing:
             llm.gradient_checkpointing_enable()
             llm.config.use_cache = False
-        self.lora = lora
-        self.llm = lora.apply(llm) if lora is not None else llm
+        self.adapter = adapter
+        self.llm = adapter.wrap(llm) if adapter is not None else llm
+        self.attn_implementation = attn_implementation
         self.frozen = frozen
 
         base = self.base_model
@@ -88,10 +92,9 @@ class HFCausalLMDecoder(torch.nn.Module):
         """The transformers CausalLM model (inside the peft wrapper when LoRA is on)."""
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
 
-    def activate(self, task: str) -> None:
-        """Select the LoRA adapters of `task` (a no-op for one shared adapter or none)."""
-        if self.lora is not None:
-            self.lora.activate(task)
+    def pass_groups(self, tasks) -> list:
+        """Indices of sequences (given their tasks) that may share one LLM pass (the adapter decides)."""
+        return self.adapter.pass_groups(tasks) if self.adapter is not None else [list(range(len(tasks)))]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -111,33 +114,48 @@ class HFCausalLMDecoder(torch.nn.Module):
             out = torch.where(hit, special[k], out)
         return out
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) embeddings -> (B, N, D) last hidden states (LoRA applied, no LM head)."""
-        backbone = self.base_model.get_decoder()
-        out = backbone(
-            inputs_embeds=inputs_embeds.to(self.dtype),
-            attention_mask=attention_mask,
-            use_cache=False,
-        )
-        return out.last_hidden_state
+    def output_embeddings(self) -> torch.Tensor:
+        """The LM head's weight (V, D): the frozen output embedding table."""
+        return self.base_model.get_output_embeddings().weight
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Apply the LM head to the selected hidden states only (saves memory on big vocabularies)."""
-        return self.base_model.get_output_embeddings()(hidden).float()
+    def forward(
+        self, prompt: Prompt, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> LLMOutput:
+        """One teacher-forced pass: the adapter is prepared with the prompt, the LM head runs only
+        at the scored positions (`LLMOutput`). Attention weights need `attn_implementation: eager`."""
+        if output_attentions and self.attn_implementation != "eager":
+            raise ValueError(
+                f"attention weights need decoder_conf.attn_implementation: eager (it is {self.attn_implementation!r})"
+            )
+        if self.adapter is not None:
+            self.adapter.prepare(prompt)
+        out = self.base_model.get_decoder()(
+            inputs_embeds=prompt.embeds.to(self.dtype),
+            attention_mask=prompt.mask,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        hidden = out.last_hidden_state
+        scored = prompt.next_token_targets() != IGNORE_ID
+        logits = self.base_model.get_output_embeddings()(hidden[scored]).float()  # (K, V)
+        return LLMOutput(
+            last_hidden_state=hidden,
+            scored=scored,
+            logits=logits,
+            hidden_states=out.hidden_states if output_hidden_states else None,
+            attentions=out.attentions if output_attentions else None,
+            aux_losses=self.adapter.aux_losses() if self.adapter is not None else {},
+        )
 
     @torch.no_grad()
-    def generate(
-        self,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int = 32,
-        num_beams: int = 1,
-        **kwargs,
-    ) -> torch.Tensor:
-        """Batched decoding with the KV cache from left-padded prompts; returns new token ids."""
+    def generate(self, prompt: Prompt, max_new_tokens: int = 32, num_beams: int = 1, **kwargs) -> torch.Tensor:
+        """Batched decoding with the KV cache from a left-padded prompt; returns new token ids."""
+        if self.adapter is not None:
+            self.adapter.prepare(prompt)
         return self.llm.generate(
-            inputs_embeds=inputs_embeds.to(self.dtype),
-            attention_mask=attention_mask,
+            inputs_embeds=prompt.embeds.to(self.dtype),
+            attention_mask=prompt.mask,
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             do_sample=False,

@@ -5,7 +5,14 @@
 A modality block is present only when the task uses that modality (ASR: audio, VSR: video, AVSR:
 both). BOS is left out for tokenizers that have none (Qwen2.5). The loss covers the transcript
 and EOS only.
+
+`PromptLayout.build` returns a `Prompt`: the embeddings and masks the LLM reads, plus a map of what
+each position is (`TokenType`) and, for modality tokens, where it came from (modality, the condition
+it was compressed at, its index in the compressed sequence). Adapters and loss terms read spans from
+it instead of counting positions.
 """
+import enum
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -23,8 +30,82 @@ IGNORE_ID = -100
 _SLOTS = {"audio": -1, "video": -2}
 
 
+class TokenType(enum.IntEnum):
+    """What a prompt position holds."""
+
+    PAD = 0
+    BOS = 1
+    MODALITY_OPEN = 2  # <audio>, <video>
+    MODALITY_CLOSE = 3  # </audio>, </video>
+    AUDIO = 4
+    VIDEO = 5
+    INSTRUCTION = 6
+    TRANSCRIPT = 7
+    EOS = 8
+
+
+MODALITY_TOKEN_TYPES = {"audio": TokenType.AUDIO, "video": TokenType.VIDEO}
+
+
+@dataclass
+class Prompt:
+    """A batch of prompts as the LLM reads them, and what each position is.
+
+    embeds (B, N, D), mask (B, N) long, labels (B, N): the token id to predict at each position's
+    *own* index (IGNORE_ID outside transcript + EOS), as Hugging Face's `labels`;
+    token_types (B, N) long (`TokenType`); source_index (B, N) long: for modality tokens, their
+    index in the compressed sequence of their modality, -1 elsewhere;
+    tasks[b] and conditions[b] (modality -> condition name): the task and compression conditions of
+    row b. `cat` stacks prompts along the batch.
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    token_types: torch.Tensor
+    source_index: torch.Tensor
+    tasks: List[str]
+    conditions: List[Dict[str, str]] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeds.size(0)
+
+    def next_token_targets(self) -> torch.Tensor:
+        """(B, N): the label each position predicts (the label of the next position), IGNORE_ID
+        where nothing is scored, last position included."""
+        pad = torch.full_like(self.labels[:, :1], IGNORE_ID)
+        return torch.cat([self.labels[:, 1:], pad], dim=1)
+
+    def modality_mask(self, modality: Optional[str] = None) -> torch.Tensor:
+        """(B, N) bool: positions holding tokens of `modality` (None: of any modality)."""
+        types = [MODALITY_TOKEN_TYPES[modality]] if modality else list(MODALITY_TOKEN_TYPES.values())
+        return torch.isin(self.token_types, torch.tensor([int(t) for t in types], device=self.token_types.device))
+
+    @staticmethod
+    def cat(prompts: Sequence["Prompt"]) -> "Prompt":
+        """Stack right-padded prompts along the batch (shorter ones padded at the end)."""
+        if len(prompts) == 1:
+            return prompts[0]
+        n_max = max(p.embeds.size(1) for p in prompts)
+
+        def right(x: torch.Tensor, value) -> torch.Tensor:
+            pad = (0, 0, 0, n_max - x.size(1)) if x.dim() == 3 else (0, n_max - x.size(1))
+            return torch.nn.functional.pad(x, pad, value=value)
+
+        return Prompt(
+            embeds=torch.cat([right(p.embeds, 0.0) for p in prompts]),
+            mask=torch.cat([right(p.mask, 0) for p in prompts]),
+            labels=torch.cat([right(p.labels, IGNORE_ID) for p in prompts]),
+            token_types=torch.cat([right(p.token_types, int(TokenType.PAD)) for p in prompts]),
+            source_index=torch.cat([right(p.source_index, -1) for p in prompts]),
+            tasks=[t for p in prompts for t in p.tasks],
+            conditions=[c for p in prompts for c in p.conditions],
+        )
+
+
 class PromptLayout:
-    """Builds padded `inputs_embeds`, attention mask and labels for a batch.
+    """Builds padded `inputs_embeds`, attention mask, labels and the token-type map for a batch.
 
     Args:
         tokenizer: the LLM tokenizer from `load_llm_tokenizer` (with the delimiters added).
@@ -51,18 +132,23 @@ class PromptLayout:
         modality_lengths: Mapping[str, int],
         text: Sequence[int] = (),
         with_eos: bool = True,
-    ) -> Tuple[List[int], List[int]]:
-        """One sequence: (ids with placeholder ids at modality positions, labels)."""
+    ) -> Tuple[List[int], List[int], List[int]]:
+        """One sequence: (ids with placeholder ids at modality positions, labels, token types)."""
         if task not in TASK_MODALITIES:
             raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
         ids = list(self.bos)
+        types = [TokenType.BOS] * len(self.bos)
         for m in TASK_MODALITIES[task]:
             open_id, close_id = self.delims[m]
-            ids += [open_id] + [_SLOTS[m]] * int(modality_lengths[m]) + [close_id]
+            n = int(modality_lengths[m])
+            ids += [open_id] + [_SLOTS[m]] * n + [close_id]
+            types += [TokenType.MODALITY_OPEN] + [MODALITY_TOKEN_TYPES[m]] * n + [TokenType.MODALITY_CLOSE]
         ids += self.instruction_ids[task]
+        types += [TokenType.INSTRUCTION] * len(self.instruction_ids[task])
         labels = [IGNORE_ID] * len(ids)
         tail = list(text) + ([self.eos] if with_eos else [])
-        return ids + tail, labels + tail
+        types += [TokenType.TRANSCRIPT] * len(text) + [TokenType.EOS] * with_eos
+        return ids + tail, labels + tail, [int(t) for t in types]
 
     def build(
         self,
@@ -72,7 +158,8 @@ class PromptLayout:
         text: Optional[torch.Tensor] = None,
         text_lengths: Optional[torch.Tensor] = None,
         padding_side: str = "right",
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        conditions: Optional[Mapping[str, object]] = None,
+    ) -> Prompt:
         """Assemble a batch.
 
         Args:
@@ -81,9 +168,7 @@ class PromptLayout:
             text: (B, L) transcript ids padded with anything, with `text_lengths`; None for decoding
                 (the prompt then ends after the instruction and has no EOS).
             padding_side: "right" for training, "left" for batched generation.
-        Returns:
-            inputs_embeds (B, N, D), attention_mask (B, N) long, labels (B, N) with IGNORE_ID
-            outside transcript + EOS.
+            conditions: modality -> the condition its tokens were made at (recorded in the Prompt).
         """
         needed = TASK_MODALITIES[task]
         missing = [m for m in needed if m not in modality_tokens]
@@ -95,24 +180,37 @@ class PromptLayout:
             lens = {m: int(modality_tokens[m][1][b]) for m in needed}
             tb = [] if text is None else text[b, : int(text_lengths[b])].tolist()
             seqs.append(self.token_ids(task, lens, tb, with_eos=text is not None))
-        n_max = max(len(ids) for ids, _ in seqs)
+        n_max = max(len(ids) for ids, _, _ in seqs)
         device = next(iter(modality_tokens.values()))[0].device
         ids_pad = torch.full((batch, n_max), self.pad, dtype=torch.long)
         lab_pad = torch.full((batch, n_max), IGNORE_ID, dtype=torch.long)
+        type_pad = torch.full((batch, n_max), int(TokenType.PAD), dtype=torch.long)
         mask = torch.zeros((batch, n_max), dtype=torch.long)
-        for b, (ids, labels) in enumerate(seqs):
+        for b, (ids, labels, types) in enumerate(seqs):
             n = len(ids)
             sl = slice(0, n) if padding_side == "right" else slice(n_max - n, n_max)
             ids_pad[b, sl] = torch.tensor(ids)
             lab_pad[b, sl] = torch.tensor(labels)
+            type_pad[b, sl] = torch.tensor(types)
             mask[b, sl] = 1
-        ids_pad, lab_pad, mask = ids_pad.to(device), lab_pad.to(device), mask.to(device)
+        ids_pad, lab_pad, mask, type_pad = ids_pad.to(device), lab_pad.to(device), mask.to(device), type_pad.to(device)
         embeds = embed(ids_pad.masked_fill(ids_pad < 0, self.pad))
+        source_index = torch.full_like(ids_pad, -1)
         # Slots of a modality and its valid tokens are both taken in row-major order, so
         # masked_scatter puts token t of utterance b in the t-th slot of sequence b.
         for m in needed:
             tokens, lengths = modality_tokens[m]
+            slot = ids_pad == _SLOTS[m]
             valid = torch.arange(tokens.size(1), device=device)[None, :] < lengths[:, None]
-            slot = (ids_pad == _SLOTS[m]).unsqueeze(-1)
-            embeds = embeds.masked_scatter(slot, tokens[valid].to(embeds.dtype))
-        return embeds, mask, lab_pad
+            embeds = embeds.masked_scatter(slot.unsqueeze(-1), tokens[valid].to(embeds.dtype))
+            source_index[slot] = (slot.long().cumsum(1) - 1)[slot]
+        conds = {m: str(c) for m, c in (conditions or {}).items() if m in needed}
+        return Prompt(
+            embeds=embeds,
+            mask=mask,
+            labels=lab_pad,
+            token_types=type_pad,
+            source_index=source_index,
+            tasks=[task] * batch,
+            conditions=[dict(conds) for _ in range(batch)],
+        )

@@ -1,7 +1,10 @@
 """One modality's path from raw input to LLM-sized tokens: front end -> encoder -> compressor -> projector.
 
-A branch may compress at several rates (matryoshka training, elastic inference): one compressor
-per rate, and one projector per rate or one shared by all rates.
+A branch may compress at several *conditions* (matryoshka training, elastic inference): one
+compressor per condition, and one projector per condition or one shared by all. A condition is named
+by a string: today a compression rate ("4": T -> ceil(T / 4) tokens); a compressor whose token count
+follows something else (a query budget) is one more name. A compressor returns tokens and their
+lengths, and nothing downstream derives a count from the name.
 """
 from typing import List, Mapping, Optional, Tuple, Union
 
@@ -24,8 +27,9 @@ class ModalityBranch(torch.nn.Module):
     Args:
         frontend: raw input (B, S, ...) + lengths -> features (B, T, F) + lengths.
         encoder: ESPnet AbsEncoder, (B, T, F) -> (B, T', D) (None: the front end's features).
-        compressors: rate -> compressor, (B, T', D) -> (B, ceil(T'/rate), D_rate).
-        projectors: rate -> projector into the LLM's hidden size, or one projector for all rates.
+        compressors: condition -> compressor, (B, T', D) -> (B, T'', D_c) tokens + lengths (B,);
+            conditions are strings or integer rates (kept as strings, in the given order).
+        projectors: condition -> projector into the LLM's hidden size, or one projector for all.
     """
 
     def __init__(
@@ -61,18 +65,27 @@ class ModalityBranch(torch.nn.Module):
         return self
 
     @property
+    def conditions(self) -> List[str]:
+        """The trained conditions, in configuration order (the first is the default)."""
+        return list(self.compressors)
+
+    @property
     def rates(self) -> List[int]:
-        """The trained compression rates, in configuration order (the first is the default)."""
-        return [int(r) for r in self.compressors]
+        """The trained compression rates (for a branch whose conditions are integer rates)."""
+        return [int(c) for c in self.compressors]
 
     @property
     def feature_size(self) -> int:
         """Dimension of `encode`'s features (the encoder's output, else the front end's)."""
         return (self.encoder if self.encoder is not None else self.frontend).output_size()
 
-    def check_rate(self, rate: int) -> None:
-        if str(rate) not in self.compressors:
-            raise ValueError(f"rate {rate} is not one this branch was trained at: {self.rates}")
+    def check_condition(self, condition) -> str:
+        """The condition's name, or a clear error for one the branch was not trained at."""
+        if str(condition) not in self.compressors:
+            trained = [int(c) if c.isdigit() else c for c in self.compressors]
+            kind = "rate" if str(condition).isdigit() else "condition"
+            raise ValueError(f"{kind} {condition} is not one this branch was trained at: {trained}")
+        return str(condition)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.frontend)):
@@ -82,16 +95,13 @@ class ModalityBranch(torch.nn.Module):
                 feats, lengths, _ = self.encoder(feats, lengths)
         return feats, lengths
 
-    def tokenize(
-        self, feats: torch.Tensor, lengths: torch.Tensor, rate: int
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        self.check_rate(rate)
-        tokens, lengths = self.compressors[str(rate)](feats, lengths)
-        projector = self.projectors["shared"] if "shared" in self.projectors else self.projectors[str(rate)]
+    def tokenize(self, feats: torch.Tensor, lengths: torch.Tensor, condition) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features -> (LLM-sized tokens (B, T'', D_llm), lengths (B,)) at a condition."""
+        name = self.check_condition(condition)
+        tokens, lengths = self.compressors[name](feats, lengths)
+        projector = self.projectors["shared"] if "shared" in self.projectors else self.projectors[name]
         return projector(tokens), lengths
 
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, rate: Optional[int] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, condition=None) -> Tuple[torch.Tensor, torch.Tensor]:
         feats, lengths = self.encode(x, lengths)
-        return self.tokenize(feats, lengths, self.rates[0] if rate is None else rate)
+        return self.tokenize(feats, lengths, self.conditions[0] if condition is None else condition)

@@ -1,15 +1,17 @@
 """The ESPnet task for LLM-based ASR / VSR / AVSR, with the registry of swappable parts.
 
 Every part is chosen in the config as `<part>: <name>` plus `<part>_conf: {...}` (constructor
-keyword arguments), ESPnet's ClassChoices. `build_model` assembles them in numbered steps and
-passes sizes along through `output_size()`.
+keyword arguments), ESPnet's ClassChoices; the loss terms are a list, `losses: [{type, weight,
+conf}, ...]`, of the types in LOSS_TERMS. `build_model` assembles them in numbered steps and passes
+sizes along through `output_size()`. A new part is a new file in its folder plus one line here.
 """
 import argparse
 import inspect
-from typing import Callable, Collection, Dict, List, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 from espnet2.asr.frontend.abs_frontend import AbsFrontend
@@ -21,6 +23,8 @@ from espnet2.train.trainer import Trainer
 from espnet2.utils.types import str2bool
 from typeguard import typechecked
 
+from espnet_omni_avsr.adapters.abs_llm_adapter import AbsLLMAdapter
+from espnet_omni_avsr.adapters.lora import SharedLoRA, SharedTaskLoRA, TaskLoRA
 from espnet_omni_avsr.compression.abs_compressor import AbsCompressor
 from espnet_omni_avsr.compression.avg_pool_compressor import AvgPoolCompressor
 from espnet_omni_avsr.compression.stack_compressor import StackCompressor
@@ -28,7 +32,6 @@ from espnet_omni_avsr.data.collate import AVSRCollateFn
 from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
 from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
-from espnet_omni_avsr.decoders.lora_strategy import SharedLoRA, SharedTaskLoRA, TaskLoRA
 from espnet_omni_avsr.encoders.avhubert_encoder import AVHubertEncoder
 from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
@@ -37,6 +40,11 @@ from espnet_omni_avsr.frontends.mouth_roi_frontend import MouthROIFrontend
 from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend
 from espnet_omni_avsr.frontends.resnet18_video_frontend import ResNet18VideoFrontend
 from espnet_omni_avsr.frontends.whisper_logmel_frontend import WhisperLogMelFrontend
+from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, ModelParts
+from espnet_omni_avsr.losses.av_distill import AudioToVideoDistill
+from espnet_omni_avsr.losses.char_ctc import CharCTC
+from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
+from espnet_omni_avsr.losses.token_ctc import TokenCTC
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
@@ -74,8 +82,12 @@ video_projector_choices = _optional("video_projector", PROJECTORS, AbsProjector)
 decoder_choices = ClassChoices(
     name="decoder", classes=dict(hf_causal_lm=HFCausalLMDecoder), type_check=torch.nn.Module, default="hf_causal_lm"
 )
-lora_choices = ClassChoices(
-    name="lora", classes=dict(shared=SharedLoRA, task=TaskLoRA, shared_task=SharedTaskLoRA), default=None, optional=True
+llm_adapter_choices = ClassChoices(
+    name="llm_adapter",
+    classes=dict(shared_lora=SharedLoRA, task_lora=TaskLoRA, shared_task_lora=SharedTaskLoRA),
+    type_check=AbsLLMAdapter,
+    default=None,
+    optional=True,
 )
 model_choices = ClassChoices(
     name="model", classes=dict(avsr_llm=AVSRLLMModel), type_check=torch.nn.Module, default="avsr_llm"
@@ -83,6 +95,35 @@ model_choices = ClassChoices(
 preprocessor_choices = ClassChoices(
     name="preprocessor", classes=dict(avsr=AVSRPreprocessor), type_check=AbsPreprocessor, default="avsr"
 )
+LOSS_TERMS = dict(
+    llm_cross_entropy=LLMCrossEntropy, char_ctc=CharCTC, token_ctc=TokenCTC, av_distill=AudioToVideoDistill
+)
+DEFAULT_LOSSES = [dict(type="llm_cross_entropy")]
+
+
+def _loss_list(value):
+    """--losses on the command line: a YAML list, e.g. "[{type: llm_cross_entropy}, {type: char_ctc, weight: 0.3}]"."""
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def build_loss_terms(specs: Optional[Sequence[dict]], parts: ModelParts) -> List[AbsLossTerm]:
+    """The config's `losses:` list -> loss terms, in order. Each entry: `type` (a LOSS_TERMS name),
+    optional `weight` (default 1), `name` (statistics name; default from the type and conf) and `conf`."""
+    terms = []
+    for i, spec in enumerate(DEFAULT_LOSSES if specs is None else specs):
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ValueError(f"losses[{i}]: expected a mapping with a 'type' (one of {sorted(LOSS_TERMS)}), got {spec!r}")
+        unknown = set(spec) - {"type", "weight", "name", "conf"}
+        if unknown:
+            raise ValueError(f"losses[{i}] ({spec['type']}): unknown keys {sorted(unknown)}; use type, weight, name, conf")
+        if spec["type"] not in LOSS_TERMS:
+            raise ValueError(f"losses[{i}]: unknown type {spec['type']!r}; registered: {sorted(LOSS_TERMS)}")
+        terms.append(
+            LOSS_TERMS[spec["type"]].build(
+                parts, name=spec.get("name"), weight=spec.get("weight", 1.0), **(spec.get("conf") or {})
+            )
+        )
+    return terms
 
 
 def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Optional[ModalityBranch]:
@@ -156,7 +197,7 @@ class AVSRLLMTask(AbsTask):
         video_compressor_choices,
         video_projector_choices,
         decoder_choices,
-        lora_choices,
+        llm_adapter_choices,
         model_choices,
         preprocessor_choices,
     ]
@@ -179,6 +220,11 @@ class AVSRLLMTask(AbsTask):
         group.add_argument(
             "--share_projector", type=str2bool, default=False,
             help="One projector for all rates of a modality instead of one per rate",
+        )
+        group.add_argument(
+            "--losses", type=_loss_list, default=None,
+            help="The loss terms, a YAML list of {type, weight, name, conf}; types: "
+            + ", ".join(sorted(LOSS_TERMS)) + ". Default: the LLM cross entropy alone",
         )
         for class_choices in cls.class_choices_list:
             class_choices.add_arguments(group)
@@ -215,17 +261,23 @@ class AVSRLLMTask(AbsTask):
     @classmethod
     @typechecked
     def build_model(cls, args: argparse.Namespace) -> AVSRLLMModel:
-        # 1. the LLM decoder (with LoRA); its hidden size fixes the projectors' output size
-        lora = None
-        if getattr(args, "lora", None) is not None:
-            tasks = (args.model_conf or {}).get("tasks", ["avsr"])
-            lora = lora_choices.get_class(args.lora)(tasks=[tasks] if isinstance(tasks, str) else tasks,
-                                                     **(args.lora_conf or {}))
-        decoder = decoder_choices.get_class(args.decoder)(lora=lora, **(args.decoder_conf or {}))
+        model_conf = dict(args.model_conf or {})
+        tasks = model_conf.get("tasks", ["avsr"])
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        # 1. the LLM decoder (with its adapter); its hidden size fixes the projectors' output size
+        adapter = None
+        if getattr(args, "llm_adapter", None) is not None:
+            adapter = llm_adapter_choices.get_class(args.llm_adapter)(tasks=tasks, **(args.llm_adapter_conf or {}))
+        decoder = decoder_choices.get_class(args.decoder)(adapter=adapter, **(args.decoder_conf or {}))
         # 2. modality branches
         audio = _build_branch(args, "audio", decoder.hidden_size)
         video = _build_branch(args, "video", decoder.hidden_size)
-        # 3. the model
+        branches = {m: b for m, b in (("audio", audio), ("video", video)) if b is not None}
+        # 3. the loss terms of the config, then the adapter's own (e.g. a router's balance loss)
+        parts = ModelParts(tasks=tasks, branches=branches, decoder=decoder)
+        losses = build_loss_terms(getattr(args, "losses", None), parts)
+        losses += adapter.loss_terms() if adapter is not None else []
+        # 4. the model
         return model_choices.get_class(args.model)(
-            decoder=decoder, audio=audio, video=video, **(args.model_conf or {})
+            decoder=decoder, audio=audio, video=video, losses=losses, **model_conf
         )

@@ -46,21 +46,25 @@ def _load(name: str) -> dict:
 
 
 def variants() -> Dict[str, tuple]:
-    """case name -> (conf YAML name, overrides {dotted key: value}); "@vocab" is the text file path."""
+    """case name -> (conf YAML name, overrides {dotted key: value} or the name of an overlay YAML
+    stacked on it); a token CTC `vocab` becomes the tiny transcript file."""
     cases = {}
     for d in CONF_DIRS:
         for p in sorted((ROOT / "conf" / d).glob("*.yaml")):
+            if p.stem.endswith("_warmup"):  # overlays, not configs of their own
+                continue
             cases[f"{d}/{p.stem}"] = (f"{d}/{p.stem}", {})
-    warmup = {  # egs2/avgrid/avsr1's warm-up of its default config: no LLM pass, aux losses only
-        "model_conf.llm_weight": 0,
-        "model_conf.token_ctc_weights": {"audio": 1.0, "video": 0.5},
-        "model_conf.ctc_weights": {"video": 1.0},
-        "model_conf.token_ctc_vocab": "@vocab",
-    }
-    cases["variant/multitask_small_warmup"] = ("omni_avsr/multitask_small", warmup)
-    cases["variant/token_ctc_full_vocab_with_llm"] = (
-        "debug/multitask_tiny", {"model_conf.token_ctc_weights": {"audio": 0.5, "video": 0.25}}
-    )
+    aux = [  # the small configs' losses: LLM cross entropy, lip character CTC, distillation
+        {"type": "llm_cross_entropy"},
+        {"type": "char_ctc", "weight": 0.3, "conf": {"modality": "video"}},
+        {"type": "av_distill", "weight": 1.0},
+    ]
+    # egs2/avgrid/avsr1's warm-up of its default config (an overlay YAML): no LLM pass, aux losses only
+    cases["variant/multitask_small_warmup"] = ("omni_avsr/multitask_small", "omni_avsr/multitask_small_warmup")
+    cases["variant/token_ctc_full_vocab_with_llm"] = ("debug/multitask_tiny", {"losses": aux + [
+        {"type": "token_ctc", "weight": 0.5, "conf": {"modality": "audio"}},
+        {"type": "token_ctc", "weight": 0.25, "conf": {"modality": "video"}},
+    ]})
     cases["variant/rates_all_pairs_task_lora_separate_passes"] = (
         "omni_avsr/omni_t_small",
         {"model_conf.rate_sampling": "all_pairs", "model_conf.batched_tasks": False},
@@ -71,9 +75,17 @@ def variants() -> Dict[str, tuple]:
 
 def tiny_config(name: str, overrides: dict, dirs: dict) -> dict:
     """The conf YAML with tiny pretrained folders, shrunk trainable encoders and the overrides."""
+    from espnet_omni_avsr.utils.config_stack import merge
+
     config = copy.deepcopy(_load(name))
-    for key, value in overrides.items():
-        _set(config, key, dirs["vocab"] if value == "@vocab" else copy.deepcopy(value))
+    if isinstance(overrides, str):
+        config = merge(config, _load(overrides))
+    else:
+        for key, value in overrides.items():
+            _set(config, key, copy.deepcopy(value))
+    for spec in config.get("losses") or []:
+        if (spec.get("conf") or {}).get("vocab"):
+            spec["conf"]["vocab"] = dirs["vocab"]
     config["decoder_conf"]["model_dir"] = dirs["llm"]
     config["decoder_conf"]["gradient_checkpointing"] = False
     if config.get("audio_encoder"):

@@ -36,12 +36,10 @@ def select(batch, idx):
 def transcript_logits(model, batch):
     """Per-utterance logits at the scored positions, through the model's own path."""
     tokens = model.modality_tokens([model.task], batch)
-    embeds, mask, labels = model.prompt.build(
-        model.decoder.embed, model.task, tokens, batch["text"], batch["text_lengths"]
-    )
-    hidden = model.decoder.hidden_states(embeds, mask)
-    keep = labels[:, 1:] != IGNORE_ID
-    return [model.decoder.logits(hidden[b, :-1][keep[b]]) for b in range(hidden.size(0))]
+    prompt = model.prompt.build(model.decoder.embed, model.task, tokens, batch["text"], batch["text_lengths"])
+    out = model.decoder(prompt)
+    rows = out.scored.nonzero()[:, 0]
+    return [out.logits[rows == b] for b in range(prompt.batch_size)]
 
 
 def test_forward_backward_and_stats(tiny_avsr):
@@ -64,10 +62,9 @@ def test_loss_equals_independent_full_forward(tiny_avsr):
     batch = make_batch(model.decoder.tokenizer)
     loss, _, _ = model(**batch)
     tokens = model.modality_tokens(["avsr"], batch)
-    embeds, mask, labels = model.prompt.build(
-        model.decoder.embed, "avsr", tokens, batch["text"], batch["text_lengths"]
-    )
-    ref = model.decoder.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    prompt = model.prompt.build(model.decoder.embed, "avsr", tokens, batch["text"], batch["text_lengths"])
+    labels = prompt.labels
+    ref = model.decoder.llm(inputs_embeds=prompt.embeds, attention_mask=prompt.mask, labels=labels).loss
     assert torch.allclose(loss, ref, atol=1e-5)
     n_scored = int((labels != IGNORE_ID).sum())
     assert n_scored == int(batch["text_lengths"].sum()) + 2  # transcript + one EOS each
@@ -166,8 +163,8 @@ def test_multitask_loss_is_weighted_sum_of_single_task_losses(multitask):
     loss, stats, _ = multitask(**batch)
     separate = {}
     for task in ("asr", "vsr", "avsr"):
-        single = multitask.modality_tokens([task], batch)
-        separate[task] = multitask.sequence_losses([(task, single)], batch["text"], batch["text_lengths"])[0][0]
+        multitask.schedule.tasks, multitask.schedule.task_weights = [task], {task: 1.0}
+        separate[task], _, _ = multitask(**batch)
         assert torch.allclose(stats[f"loss_{task}"], separate[task], atol=1e-5), task
     expected = (separate["asr"] + 1.5 * separate["vsr"] + separate["avsr"]) / 3
     assert torch.allclose(loss, expected, atol=1e-5)

@@ -29,14 +29,15 @@ dumpdir=dump; expdir=exp
 model_tag=                # default: the training config's file name
 inference_tag=            # default: the decoding config's file name
 train_args=               # extra avsr_train options
-warmup_args=              # stage 8: when set, a warm-up run of the same config with these extra avsr_train
-                          #   options goes first (exp/<tag>/warmup), e.g. a lip-encoder warm-up without the LLM:
-                          #   "--model_conf llm_weight=0 --max_epoch 4 --best_model_criterion valid,loss,min"
+warmup_config=            # stage 8: when set, a warm-up run goes first (exp/<tag>/warmup): this YAML stacked on
+                          #   train_config (its losses, epochs, learning rate), e.g. a lip-encoder warm-up
+                          #   without the LLM: conf/omni_avsr/multitask_small_warmup.yaml
+warmup_args=              # extra avsr_train options of the warm-up run (also starts one without warmup_config)
 warmup_init=video         # module prefixes the main run loads from the warm-up's best model (--init_param)
 inference_args=           # extra avsr_inference options
 _options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs noise_dir decode_tasks
 local_data_opts video_mode min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
-model_tag inference_tag train_args warmup_args warmup_init inference_args"
+model_tag inference_tag train_args warmup_config warmup_args warmup_init inference_args"
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/parse_options.sh"
 . ./path.sh
 
@@ -102,10 +103,11 @@ stage7() {
 stage8() {
     local init=() best k
     mkdir -p "${exp}"
-    if [ -n "${warmup_args}" ]; then
+    if [ -n "${warmup_config}" ] || [ -n "${warmup_args}" ]; then
         mkdir -p "${exp}/warmup"
         # shellcheck disable=SC2046,SC2086
-        python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --ngpu "${ngpu}" --resume true \
+        python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" ${warmup_config:+--config "${warmup_config}"} \
+            --ngpu "${ngpu}" --resume true \
             --output_dir "${exp}/warmup" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
             --train_shape_file "${exp}/stats/train/speech_shape" --valid_shape_file "${exp}/stats/valid/speech_shape" \
             ${train_args} ${warmup_args} 2>&1 | tee "${exp}/warmup/train.log"

@@ -16,31 +16,44 @@ The softmax over a big vocabulary dominates the step (49k tokens for SmolLM2, 12
 with `vocab_ids` (for example every LLM token of the training transcripts, `transcript_token_ids`)
 the softmax runs over those tokens and the batch's own target tokens only, a restricted-vocabulary
 CTC that still asks each projected token to be nearer the spoken word's embedding than any other
-word of the task's vocabulary. In the embedded recipe's warm-up (114 candidates instead of 49,152
-tokens) a step of 8 x 2.2-s clips takes 0.25 s instead of 0.99 s (benchmarks/model_step.py, README).
+word of the task's vocabulary (`conf: {vocab: <Kaldi text file>}`), several times cheaper.
 """
 import math
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, LossOutput
 
-class TokenCTC(torch.nn.Module):
-    """CTC of projected tokens against LLM token ids.
+
+class TokenCTC(AbsLossTerm):
+    """CTC of projected tokens against LLM token ids; `type: token_ctc`, conf: `modality`, `vocab`
+    (a Kaldi text file whose transcripts' tokens the softmax runs over), `init_scale`.
 
     Args:
         hidden_size: the LLM's hidden size (the projector's output size).
         init_scale: initial value of the learned cosine-logit scale.
         vocab_ids: LLM token ids the softmax runs over (with each batch's target ids added);
             None (default): the whole vocabulary.
+        modality: the branch whose projected tokens it reads (every condition of the branch, averaged).
+        name: statistics name (default `token_ctc_<modality>`); weight: its weight in the total loss.
 
-    forward(tokens (B, T, D), lengths (B,), targets (B, L) LLM ids padded with anything,
+    compute(tokens (B, T, D), lengths (B,), targets (B, L) LLM ids padded with anything,
     target_lengths (B,), table (V, D) the LLM's output embeddings) -> the mean over utterances
     of the CTC loss divided by the target length.
     """
 
-    def __init__(self, hidden_size: int, init_scale: float = 20.0, vocab_ids: Optional[Iterable[int]] = None):
-        super().__init__()
+    def __init__(
+        self,
+        hidden_size: int,
+        init_scale: float = 20.0,
+        vocab_ids: Optional[Iterable[int]] = None,
+        modality: str = "audio",
+        name: Optional[str] = None,
+        weight: float = 1.0,
+    ):
+        super().__init__(name or f"token_ctc_{modality}", weight)
+        self.modality = modality
         gen = torch.Generator().manual_seed(0)
         self.blank = torch.nn.Parameter(torch.randn(hidden_size, generator=gen) / math.sqrt(hidden_size))
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(init_scale)))
@@ -48,6 +61,21 @@ class TokenCTC(torch.nn.Module):
         if vocab is not None and (vocab.numel() == 0 or vocab[0] < 0):
             raise ValueError("vocab_ids must be a non-empty set of token ids >= 0")
         self.register_buffer("vocab_ids", vocab, persistent=False)
+
+    @classmethod
+    def build(cls, parts, name=None, weight=1.0, modality: str = "audio", vocab: Optional[str] = None, **conf):
+        parts.require("token_ctc", modality)
+        vocab_ids = transcript_token_ids(vocab, parts.decoder.tokenizer) if vocab else None
+        return cls(parts.decoder.hidden_size, vocab_ids=vocab_ids, modality=modality, name=name, weight=weight, **conf)
+
+    def forward(self, step) -> LossOutput:
+        table = step.decoder.output_embeddings()
+        branch = step.branches[self.modality]
+        losses = [
+            self.compute(*step.tokens(self.modality, c), step.text, step.text_lengths, table) for c in branch.conditions
+        ]
+        loss = sum(losses) / len(losses)
+        return LossOutput(loss, {self.name: loss.detach()})
 
     def logits(self, tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, 1 + V): class 0 is blank, class 1 + v is LLM token v."""
@@ -71,7 +99,7 @@ class TokenCTC(torch.nn.Module):
             self._cache_key = key
         return self._cache
 
-    def forward(
+    def compute(
         self,
         tokens: torch.Tensor,
         lengths: torch.Tensor,

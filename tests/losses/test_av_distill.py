@@ -1,6 +1,6 @@
 import torch
 
-from espnet_omni_avsr.models.av_distill import AudioToVideoDistill
+from espnet_omni_avsr.losses.av_distill import AudioToVideoDistill
 
 
 def test_targets_average_audio_frames_to_the_video_rate():
@@ -20,9 +20,9 @@ def test_loss_is_zero_when_the_head_predicts_the_normalised_target():
         d.head.weight.copy_(torch.eye(3))
         d.head.bias.zero_()
     audio = torch.randn(2, 6, 3)
-    loss = d(audio, torch.tensor([6, 4]), audio, torch.tensor([6, 4]))  # eval: running stats 0/1
+    loss = d.compute(audio, torch.tensor([6, 4]), audio, torch.tensor([6, 4]))  # eval: running stats 0/1
     assert loss.abs() < 1e-6
-    other = d(torch.randn(2, 6, 3), torch.tensor([6, 4]), audio, torch.tensor([6, 4]))
+    other = d.compute(torch.randn(2, 6, 3), torch.tensor([6, 4]), audio, torch.tensor([6, 4]))
     assert other > 0.1
 
 
@@ -31,6 +31,6 @@ def test_only_frames_both_modalities_have_count_and_targets_get_no_gradient():
     d = AudioToVideoDistill(4, 3)
     video = torch.randn(1, 5, 4, requires_grad=True)
     audio = torch.randn(1, 8, 3, requires_grad=True)
-    d(video, torch.tensor([5]), audio, torch.tensor([6])).backward()  # audio: 3 video frames
+    d.compute(video, torch.tensor([5]), audio, torch.tensor([6])).backward()  # audio: 3 video frames
     assert video.grad[0, 3:].abs().sum() == 0 and video.grad[0, :3].abs().sum() > 0
     assert audio.grad is None

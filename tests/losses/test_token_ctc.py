@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from espnet_omni_avsr.models.token_ctc import TokenCTC, transcript_token_ids
+from espnet_omni_avsr.losses.token_ctc import TokenCTC, transcript_token_ids
 
 from tests.models.conftest import build, tiny_config
 from tests.models.test_avsr_llm_model import make_batch
@@ -27,7 +27,7 @@ def test_loss_matches_torch_ctc_with_shifted_ids():
     tokens, lengths = torch.randn(2, 9, 8), torch.tensor([9, 6])
     targets = torch.tensor([[3, 0, -1], [10, 2, 2]])
     target_lengths = torch.tensor([2, 3])
-    loss = head(tokens, lengths, targets, target_lengths, table)
+    loss = head.compute(tokens, lengths, targets, target_lengths, table)
     log_probs = head.logits(tokens, table).log_softmax(-1)
     ref = [
         torch.nn.functional.ctc_loss(
@@ -48,13 +48,13 @@ def test_restricted_vocabulary_is_ctc_over_the_candidates_and_the_batch_targets(
     tokens, lengths = torch.randn(2, 9, 8), torch.tensor([9, 6])
     targets = torch.tensor([[3, 5, -1], [10, 2, 2]])
     target_lengths = torch.tensor([2, 3])
-    loss = head(tokens, lengths, targets, target_lengths, table)
+    loss = head.compute(tokens, lengths, targets, target_lengths, table)
     candidates = torch.tensor([2, 3, 5, 10])
     full = TokenCTC(8)
     full.load_state_dict(head.state_dict())
     remapped = torch.tensor([[1, 2, 0], [3, 0, 0]])  # indices into candidates
-    assert torch.allclose(loss, full(tokens, lengths, remapped, target_lengths, table[candidates]), atol=1e-5)
-    assert not torch.allclose(loss, full(tokens, lengths, targets, target_lengths, table), atol=1e-3)
+    assert torch.allclose(loss, full.compute(tokens, lengths, remapped, target_lengths, table[candidates]), atol=1e-5)
+    assert not torch.allclose(loss, full.compute(tokens, lengths, targets, target_lengths, table), atol=1e-3)
     loss.backward()
     assert head.blank.grad is not None and torch.isfinite(head.blank.grad).all()
 
@@ -83,7 +83,7 @@ def test_transcript_token_ids_reads_kaldi_text_in_every_case(tmp_path, tiny_llm_
 
 def test_too_few_tokens_add_zero():
     head = TokenCTC(4)
-    loss = head(torch.randn(1, 2, 4), torch.tensor([2]), torch.tensor([[1, 2, 3]]), torch.tensor([3]), torch.randn(5, 4))
+    loss = head.compute(torch.randn(1, 2, 4), torch.tensor([2]), torch.tensor([[1, 2, 3]]), torch.tensor([3]), torch.randn(5, 4))
     assert loss.item() == 0.0
 
 
@@ -97,7 +97,7 @@ def test_training_makes_greedy_path_spell_the_targets():
     opt = torch.optim.Adam([tokens, *head.parameters()], lr=0.1)
     for _ in range(200):
         opt.zero_grad()
-        head(tokens, torch.tensor([8]), target, torch.tensor([3]), table).backward()
+        head.compute(tokens, torch.tensor([8]), target, torch.tensor([3]), table).backward()
         opt.step()
     assert head.greedy(head.logits(tokens, table), torch.tensor([8])) == [(7, 21, 4)]
 
@@ -106,7 +106,10 @@ def test_training_makes_greedy_path_spell_the_targets():
 def token_ctc_model(tiny_llm_dir, tiny_whisper_dir):
     torch.manual_seed(0)
     config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
-    config["model_conf"] = dict(tasks=["avsr"], token_ctc_weights=dict(audio=1.0, video=0.5), llm_weight=0)
+    config["losses"] = [
+        {"type": "token_ctc", "conf": {"modality": "audio"}},
+        {"type": "token_ctc", "weight": 0.5, "conf": {"modality": "video"}},
+    ]
     model, _ = build(config)
     return model
 
@@ -120,7 +123,7 @@ def test_model_warmup_trains_projectors_only_through_token_ctc(token_ctc_model):
     assert torch.allclose(loss, stats["token_ctc_audio"] + 0.5 * stats["token_ctc_video"], atol=1e-5)
     loss.backward()
     for name, p in model.named_parameters():
-        if name.startswith(("audio.projectors", "video.projectors", "token_ctc")):
+        if name.startswith(("audio.projectors", "video.projectors", "losses.token_ctc")):
             assert p.grad is not None, name
         if name.startswith("decoder.") or name.startswith("audio.encoder"):
             assert p.grad is None, name
@@ -130,13 +133,11 @@ def test_model_token_ctc_vocab_restricts_the_softmax_to_the_transcripts(tiny_llm
     text = tmp_path / "text"
     text.write_text("u1 bin blue at f two now\nu2 place red by g nine again\n")
     config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
-    config["model_conf"] = dict(
-        tasks=["avsr"], token_ctc_weights=dict(audio=1.0), llm_weight=0, token_ctc_vocab=str(text)
-    )
+    config["losses"] = [{"type": "token_ctc", "conf": {"modality": "audio", "vocab": str(text)}}]
     model, _ = build(config)
     expected = transcript_token_ids(str(text), model.decoder.tokenizer)
-    assert model.token_ctc["audio"].vocab_ids.tolist() == expected
-    assert len(expected) < model.decoder.base_model.get_output_embeddings().weight.size(0) / 4
+    assert model.losses["token_ctc_audio"].vocab_ids.tolist() == expected
+    assert len(expected) < model.decoder.output_embeddings().size(0) / 4
     loss, stats, _ = model(**make_batch(model.decoder.tokenizer, n=2))
     assert torch.isfinite(loss) and set(stats) == {"token_ctc_audio", "loss"}
     # the candidate list is rebuilt from the file, never saved in checkpoints
@@ -145,6 +146,6 @@ def test_model_token_ctc_vocab_restricts_the_softmax_to_the_transcripts(tiny_llm
 
 def test_token_ctc_on_a_modality_no_task_uses_is_refused(tiny_llm_dir, tiny_whisper_dir):
     config = tiny_config(tiny_llm_dir, tiny_whisper_dir, task="asr")
-    config["model_conf"] = dict(tasks=["asr"], token_ctc_weights=dict(video=0.3))
-    with pytest.raises(ValueError, match="token_ctc_weights: 'video'"):
+    config["losses"] = [{"type": "token_ctc", "weight": 0.3, "conf": {"modality": "video"}}]
+    with pytest.raises(ValueError, match="'token_ctc' needs the video modality"):
         build(config)

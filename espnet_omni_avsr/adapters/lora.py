@@ -1,20 +1,22 @@
-"""How LoRA adapters are put on the frozen LLM (through peft): Omni-AVSR's three strategies.
+"""LoRA on the frozen LLM through peft: Omni-AVSR's three strategies.
 
-- S  (`SharedLoRA`):     one adapter serves every task.
-- T  (`TaskLoRA`):       one adapter per task; a sequence goes through its task's adapter only.
-- ST (`SharedTaskLoRA`): the shared adapter plus the task's adapter, their updates summed.
+- S  (`SharedLoRA`, `llm_adapter: shared_lora`):          one adapter serves every task.
+- T  (`TaskLoRA`, `llm_adapter: task_lora`):              one adapter per task; a sequence goes
+                                                          through its task's adapter only.
+- ST (`SharedTaskLoRA`, `llm_adapter: shared_task_lora`): the shared adapter plus the task's
+                                                          adapter, their updates summed.
 
-`apply(llm)` wraps the model; `activate(task)` selects the adapters for the sequences that follow
-(peft's active adapters: several active LoRA adapters add their updates). peft cannot mix
-adapters inside one training batch, so the model groups sequences by task when a strategy is
-`per_task`.
+peft's active adapters select what a pass uses (several active LoRA adapters add their updates);
+peft cannot mix adapters inside one batch, so the task-specific strategies pass one task at a time.
 """
 from typing import List, Sequence
 
 import torch
 
+from espnet_omni_avsr.adapters.abs_llm_adapter import AbsLLMAdapter
 
-class SharedLoRA:
+
+class SharedLoRA(AbsLLMAdapter):
     """Strategy S: one LoRA adapter on `target_modules` of every layer, used for all tasks.
 
     Args:
@@ -35,13 +37,13 @@ class SharedLoRA:
         target_modules: Sequence[str] = ("q_proj", "v_proj"),
         tasks: Sequence[str] = ("asr", "vsr", "avsr"),
     ):
+        super().__init__(tasks)
         if r < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {r}")
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
         self.target_modules = list(target_modules)
-        self.tasks = list(tasks)
         self.peft_model = None
 
     @property
@@ -58,7 +60,7 @@ class SharedLoRA:
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules, bias="none"
         )
 
-    def apply(self, llm: torch.nn.Module) -> torch.nn.Module:
+    def wrap(self, llm: torch.nn.Module) -> torch.nn.Module:
         from peft import get_peft_model
 
         names = {n.split(".")[-1] for n, _ in llm.named_modules()}
@@ -76,6 +78,17 @@ class SharedLoRA:
         self._lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
         self.activate(self.tasks[0])
         return model
+
+    def pass_groups(self, tasks: Sequence[str]) -> List[List[int]]:
+        if not self.per_task:
+            return super().pass_groups(tasks)
+        return [[i for i, t in enumerate(tasks) if t == task] for task in dict.fromkeys(tasks)]
+
+    def prepare(self, prompt) -> None:
+        tasks = set(prompt.tasks)
+        if self.per_task and len(tasks) > 1:
+            raise ValueError(f"{type(self).__name__}: one LLM pass holds one task's sequences, got {sorted(tasks)}")
+        self.activate(prompt.tasks[0])
 
     def activate(self, task: str) -> None:
         """Make the adapters of `task` the active ones, the ones its sequences go through."""

@@ -10,7 +10,7 @@ TASKS = ["asr", "vsr", "avsr"]
 def _model(tiny_llm_dir, tiny_whisper_dir, strategy):
     config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
     config["model_conf"] = dict(tasks=TASKS)
-    config["lora"] = strategy
+    config["llm_adapter"] = strategy
     torch.manual_seed(0)
     model, _ = build(config)
     return model
@@ -27,7 +27,7 @@ def _adapters(model):
 
 
 @pytest.mark.parametrize("strategy,expected", [
-    ("shared", {"shared"}), ("task", set(TASKS)), ("shared_task", {"shared", *TASKS})])
+    ("shared_lora", {"shared"}), ("task_lora", set(TASKS)), ("shared_task_lora", {"shared", *TASKS})])
 def test_trainable_parameter_sets(tiny_llm_dir, tiny_whisper_dir, strategy, expected):
     model = _model(tiny_llm_dir, tiny_whisper_dir, strategy)
     adapters = _adapters(model)
@@ -45,12 +45,12 @@ def test_trainable_parameter_sets(tiny_llm_dir, tiny_whisper_dir, strategy, expe
 
 def _task_losses(model, batch):
     model.eval()
-    tokens = model.modality_tokens(TASKS, batch)
-    jobs = [(t, tokens) for t in TASKS]
-    return {t: res[0].item() for t, res in zip(TASKS, model.sequence_losses(jobs, batch["text"], batch["text_lengths"]))}
+    with torch.no_grad():
+        _, stats, _ = model(**batch)
+    return {t: stats[f"loss_{t}"].item() for t in TASKS}
 
 
-@pytest.mark.parametrize("strategy", ["task", "shared_task"])
+@pytest.mark.parametrize("strategy", ["task_lora", "shared_task_lora"])
 @pytest.mark.parametrize("batched", [True, False])
 def test_a_vsr_sequence_is_unaffected_by_the_asr_adapter(tiny_llm_dir, tiny_whisper_dir, strategy, batched):
     model = _model(tiny_llm_dir, tiny_whisper_dir, strategy)
@@ -65,7 +65,7 @@ def test_a_vsr_sequence_is_unaffected_by_the_asr_adapter(tiny_llm_dir, tiny_whis
     assert after["vsr"] == pytest.approx(before["vsr"], abs=1e-6)
     assert after["avsr"] == pytest.approx(before["avsr"], abs=1e-6)
     assert abs(after["asr"] - before["asr"]) > 1e-5
-    if strategy == "shared_task":  # the shared adapter reaches every task
+    if strategy == "shared_task_lora":  # the shared adapter reaches every task
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_B.shared" in n:
@@ -74,7 +74,7 @@ def test_a_vsr_sequence_is_unaffected_by_the_asr_adapter(tiny_llm_dir, tiny_whis
 
 
 def test_training_step_updates_each_task_adapter(tiny_llm_dir, tiny_whisper_dir):
-    model = _model(tiny_llm_dir, tiny_whisper_dir, "shared_task")
+    model = _model(tiny_llm_dir, tiny_whisper_dir, "shared_task_lora")
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -83,3 +83,21 @@ def test_training_step_updates_each_task_adapter(tiny_llm_dir, tiny_whisper_dir)
     opt.step()
     changed = {n.split(".")[-2] for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])}
     assert changed == {"shared", *TASKS}
+
+
+@pytest.mark.parametrize("strategy,groups", [
+    ("shared_lora", [[0, 1, 2, 3]]), ("task_lora", [[0, 2], [1], [3]]), ("shared_task_lora", [[0, 2], [1], [3]])])
+def test_pass_groups(tiny_llm_dir, tiny_whisper_dir, strategy, groups):
+    model = _model(tiny_llm_dir, tiny_whisper_dir, strategy)
+    assert model.decoder.pass_groups(["asr", "vsr", "asr", "avsr"]) == groups
+
+
+def test_a_task_specific_pass_refuses_mixed_tasks(tiny_llm_dir, tiny_whisper_dir):
+    from espnet_omni_avsr.decoders.prompt import Prompt
+
+    model = _model(tiny_llm_dir, tiny_whisper_dir, "task_lora")
+    batch = make_batch(model.decoder.tokenizer)
+    tokens = model.modality_tokens(TASKS, batch)
+    prompts = [model.prompt.build(model.decoder.embed, t, tokens, batch["text"], batch["text_lengths"]) for t in ("asr", "vsr")]
+    with pytest.raises(ValueError, match="one task's sequences"):
+        model.decoder(Prompt.cat(prompts))

@@ -17,23 +17,45 @@ from typing import Tuple
 
 import torch
 
+from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, LossOutput
 
-class AudioToVideoDistill(torch.nn.Module):
-    """Args:
+
+class AudioToVideoDistill(AbsLossTerm):
+    """`type: av_distill`, conf: `audio_frames_per_video_frame`; needs tasks that use both modalities.
+
+    Args:
         video_size: dimension of the video encoder's features.
         audio_size: dimension of the audio encoder's features.
         audio_frames_per_video_frame: audio feature frames per video frame (integer).
+        name: statistics name (default `distill`); weight: its weight in the total loss.
 
-    forward(video_feats (B, T_v, Dv), video_lengths, audio_feats (B, T_a, Da), audio_lengths) -> loss.
+    compute(video_feats (B, T_v, Dv), video_lengths, audio_feats (B, T_a, Da), audio_lengths) -> loss.
     """
 
-    def __init__(self, video_size: int, audio_size: int, audio_frames_per_video_frame: int = 2):
-        super().__init__()
+    def __init__(
+        self,
+        video_size: int,
+        audio_size: int,
+        audio_frames_per_video_frame: int = 2,
+        name: str = "distill",
+        weight: float = 1.0,
+    ):
+        super().__init__(name, weight)
         if audio_frames_per_video_frame < 1:
             raise ValueError(f"audio_frames_per_video_frame must be >= 1, got {audio_frames_per_video_frame}")
         self.ratio = int(audio_frames_per_video_frame)
         self.head = torch.nn.Linear(video_size, audio_size)
         self.norm = torch.nn.BatchNorm1d(audio_size, affine=False)
+
+    @classmethod
+    def build(cls, parts, name=None, weight=1.0, **conf) -> "AudioToVideoDistill":
+        parts.require("av_distill", "audio", "video")
+        video, audio = parts.branches["video"], parts.branches["audio"]
+        return cls(video.feature_size, audio.feature_size, name=name or "distill", weight=weight, **conf)
+
+    def forward(self, step) -> LossOutput:
+        loss = self.compute(*step.features["video"], *step.features["audio"])
+        return LossOutput(loss, {self.name: loss.detach()})
 
     def targets(self, audio_feats: torch.Tensor, audio_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Audio features at the video rate: (B, ceil(T_a / ratio), Da) and lengths (partial last windows
@@ -46,7 +68,7 @@ class AudioToVideoDistill(torch.nn.Module):
         counts = valid.view(b, n, self.ratio).sum(2).clamp(min=1.0)
         return sums / counts[..., None], -(-audio_lengths // self.ratio)
 
-    def forward(
+    def compute(
         self,
         video_feats: torch.Tensor,
         video_lengths: torch.Tensor,

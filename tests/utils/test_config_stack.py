@@ -1,0 +1,34 @@
+import pytest
+import yaml
+
+from espnet_omni_avsr.utils.config_stack import merge, stack_configs
+
+
+def test_merge_is_recursive_for_mappings_and_replaces_the_rest():
+    base = {"optim_conf": {"lr": 1e-3, "betas": [0.9, 0.98]}, "losses": [{"type": "a"}, {"type": "b"}], "max_epoch": 1}
+    over = {"optim_conf": {"lr": 2e-3}, "losses": [{"type": "c"}]}
+    assert merge(base, over) == {"optim_conf": {"lr": 2e-3, "betas": [0.9, 0.98]}, "losses": [{"type": "c"}],
+                                 "max_epoch": 1}
+    assert base["optim_conf"]["lr"] == 1e-3  # inputs untouched
+
+
+def test_stack_configs_writes_one_merged_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("max_epoch: 1\noptim_conf: {lr: 0.001, weight_decay: 0.1}\n")
+    b.write_text("max_epoch: 18\noptim_conf: {lr: 0.002}\n")
+    argv = stack_configs(["--config", str(a), "--ngpu", "0", f"--config={b}"])
+    assert argv[0] == "--config" and argv[2:] == ["--ngpu", "0"]
+    with open(argv[1]) as f:
+        assert yaml.safe_load(f) == {"max_epoch": 18, "optim_conf": {"lr": 0.002, "weight_decay": 0.1}}
+    one = ["--config", str(a), "--ngpu", "0"]
+    assert stack_configs(one) == one
+
+
+def test_bad_config_files_are_named(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("max_epoch: 1\n")
+    bad.write_text("- a list\n")
+    with pytest.raises(SystemExit, match="bad.yaml: expected a mapping"):
+        stack_configs(["--config", str(good), "--config", str(bad)])
+    with pytest.raises(SystemExit, match="missing.yaml: cannot read"):
+        stack_configs(["--config", str(good), "--config", str(tmp_path / "missing.yaml")])
