@@ -6,7 +6,7 @@ learned scale, plus one learned blank vector) and asks, through CTC, that the se
 tokens spell the transcript's LLM tokens. The projector then learns to put the words it hears (or
 sees) near the embeddings of those words, which the pretrained LLM already knows how to read;
 the LLM's LoRA has far less to learn. It needs no LLM pass (one matrix product with the embedding
-table), so it also fits the cheap warm-up run of egs2/avgrid/avsr1 (`--model_conf llm_weight=0`).
+table), so it also fits the cheap warm-up of egs2/avgrid/avsr1 (a `losses:` list without the LLM term).
 
 Not in the papers (their projectors learn from the LLM loss alone, on hundreds of hours); off by
 default. Each rate of the branch gets the loss (averaged); a rate with fewer tokens than the

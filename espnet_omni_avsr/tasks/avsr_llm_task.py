@@ -106,6 +106,26 @@ def _loss_list(value):
     return yaml.safe_load(value) if isinstance(value, str) else value
 
 
+_RENAMED = {  # keys of earlier configs -> what replaced them, for a clear error instead of a bare TypeError
+    "lora": "llm_adapter (shared -> shared_lora, task -> task_lora, shared_task -> shared_task_lora)",
+    "lora_conf": "llm_adapter_conf",
+    "model_conf.ctc_weights": "losses: [{type: char_ctc, weight: w, conf: {modality: video}}, ...]",
+    "model_conf.distill_weight": "losses: [{type: av_distill, weight: w}, ...]",
+    "model_conf.distill_conf": "the conf of the av_distill loss term",
+    "model_conf.token_ctc_weights": "losses: [{type: token_ctc, weight: w, conf: {modality: audio}}, ...]",
+    "model_conf.token_ctc_vocab": "the token_ctc loss term's conf: {vocab: <text file>}",
+    "model_conf.llm_weight": "the weight of the llm_cross_entropy loss term (leave the term out for none)",
+}
+
+
+def refuse_renamed_keys(args: argparse.Namespace) -> None:
+    """A config written for the earlier layout gets one error listing every key to rename."""
+    found = [k for k in _RENAMED if k.startswith("lora") and getattr(args, k, None) is not None]
+    found += [k for k in _RENAMED if k.startswith("model_conf.") and k.split(".", 1)[1] in (args.model_conf or {})]
+    if found:
+        raise ValueError("the config uses renamed keys: " + "; ".join(f"{k} -> {_RENAMED[k]}" for k in found))
+
+
 def build_loss_terms(specs: Optional[Sequence[dict]], parts: ModelParts) -> List[AbsLossTerm]:
     """The config's `losses:` list -> loss terms, in order. Each entry: `type` (a LOSS_TERMS name),
     optional `weight` (default 1), `name` (statistics name; default from the type and conf) and `conf`."""
@@ -221,6 +241,8 @@ class AVSRLLMTask(AbsTask):
             "--share_projector", type=str2bool, default=False,
             help="One projector for all rates of a modality instead of one per rate",
         )
+        for old in ("lora", "lora_conf"):  # renamed; accepted only to say so (refuse_renamed_keys)
+            group.add_argument(f"--{old}", type=str, default=None, help=argparse.SUPPRESS)
         group.add_argument(
             "--losses", type=_loss_list, default=None,
             help="The loss terms, a YAML list of {type, weight, name, conf}; types: "
@@ -261,6 +283,7 @@ class AVSRLLMTask(AbsTask):
     @classmethod
     @typechecked
     def build_model(cls, args: argparse.Namespace) -> AVSRLLMModel:
+        refuse_renamed_keys(args)
         model_conf = dict(args.model_conf or {})
         tasks = model_conf.get("tasks", ["avsr"])
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)

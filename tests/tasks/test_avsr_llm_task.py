@@ -101,3 +101,12 @@ def test_avhubert_checkpoint_weights_stay_out_of_model_checkpoints(tiny_llm_dir,
     assert any("video.encoder." in k and "lora_A" in k for k in keys)
     loss, _, _ = model.eval()(**_vsr_batch(model))
     assert torch.isfinite(loss)
+
+
+def test_a_config_of_the_earlier_layout_names_every_renamed_key(tiny_llm_dir, tiny_whisper_dir):
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
+    config.pop("llm_adapter")
+    config["lora"] = "shared"
+    config["model_conf"] = dict(tasks=["avsr"], ctc_weights=dict(video=0.3), llm_weight=0)
+    with pytest.raises(ValueError, match=r"lora -> llm_adapter .*model_conf.ctc_weights -> losses: .*model_conf.llm_weight"):
+        build(config)
