@@ -140,6 +140,14 @@ def test_noisy_set_names_round_trip():
             format_snr(bad)
 
 
+def test_the_prep_and_scoring_names_are_these():
+    from espnet_omni_avsr.prep import noise
+    from espnet_omni_avsr.scoring import results_table
+
+    assert noise.noisy_set_name is noisy_set_name and noise.format_snr is format_snr
+    assert results_table.dump_set_name is dump_set_name
+
+
 def test_decode_dirs(tmp_path):
     assert snr_dir(None) == "snr_clean" and snr_dir(-5) == "snr_-5" and snr_dir(2.5) == "snr_2.5"
     assert parse_snr_dir("snr_clean") is None and parse_snr_dir("snr_-5") == -5.0
