@@ -5,9 +5,10 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
-_INPUTS = ("speech", "speech_lengths", "video", "video_lengths")
+_INPUTS = tuple(k for m in MODALITIES.values() for k in (m.data_name, m.lengths_name))
 _MODEL_FILES = ("model.pth", "valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.best.pth", "latest.pth")
 
 

@@ -3,8 +3,9 @@
 One set:   --task avsr --data_path_and_name_and_type dump/test/wav.scp,speech,sound
            --data_path_and_name_and_type dump/test/video.scp,video,video --output_dir DIR
 Many sets: --jobs jobs.tsv, one `task<TAB>data_dir<TAB>output_dir[<TAB>audio_rate<TAB>video_rate]` line
-           per set ('-' for no rate); the model is loaded once, each job reads only what its task
-           needs (wav.scp and/or video.scp of data_dir), and a job whose output is complete is skipped.
+           per set ('-' for no rate; `python -m espnet_omni_avsr.names decode-jobs` writes them); the
+           model is loaded once, each job reads only what its task needs (wav.scp and/or video.scp
+           of data_dir), and a job whose output is complete is skipped.
 Rates (elastic inference): --audio_rate / --video_rate pick trained compression rates.
 """
 import argparse
@@ -18,12 +19,10 @@ from espnet2.utils import config_argparse
 from espnet2.utils.types import str2triple_str
 from tqdm import tqdm
 
-from espnet_omni_avsr.decoders.prompt import TASK_MODALITIES
+from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES, data_triples
 from espnet_omni_avsr.recognizer import AVSRRecognizer
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
-
-_SCP = {"audio": ("wav.scp", "speech", "sound"), "video": ("video.scp", "video", "video")}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -47,8 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _rates(audio, video) -> dict:
-    return {m: int(r) for m, r in (("audio", audio), ("video", video)) if r not in (None, "-")}
+def _rates(**by_modality) -> dict:
+    """modality -> int rate, leaving out the unset ones (None, '-')."""
+    return {m: int(r) for m, r in by_modality.items() if r not in (None, "-")}
 
 
 def read_jobs(path: str) -> List[Tuple[str, list, Path, dict]]:
@@ -58,13 +58,16 @@ def read_jobs(path: str) -> List[Tuple[str, list, Path, dict]]:
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) not in (3, 5) or fields[0] not in TASK_MODALITIES:
-            raise ValueError(f"{path}:{n}: expected 'task<TAB>data_dir<TAB>output_dir[<TAB>audio_rate<TAB>"
-                             f"video_rate]' with task in {sorted(TASK_MODALITIES)}, got {line!r}")
+        if len(fields) not in (3, 3 + len(MODALITIES)) or fields[0] not in TASK_MODALITIES:
+            rate_cols = "".join(f"<TAB>{m}_rate" for m in MODALITIES)
+            raise ValueError(f"{path}:{n}: expected 'task<TAB>data_dir<TAB>output_dir[{rate_cols}]' with task in "
+                             f"{sorted(TASK_MODALITIES)}, got {line!r}")
         task, data_dir, out = fields[:3]
-        rates = _rates(*fields[3:]) if len(fields) == 5 else {}
-        triples = [(f"{data_dir}/{scp}", name, kind) for scp, name, kind in (_SCP[m] for m in TASK_MODALITIES[task])]
-        jobs.append((task, triples, Path(out), rates))
+        try:
+            rates = _rates(**dict(zip(MODALITIES, fields[3:])))
+        except ValueError:
+            raise ValueError(f"{path}:{n}: rates must be integers or '-', got {fields[3:]}") from None
+        jobs.append((task, data_triples(data_dir, TASK_MODALITIES[task]), Path(out), rates))
     return jobs
 
 
@@ -113,7 +116,7 @@ def main(cmd=None):
         jobs = read_jobs(args.jobs)
     elif args.output_dir and args.data_path_and_name_and_type:
         jobs = [(args.task, args.data_path_and_name_and_type, Path(args.output_dir),
-                 _rates(args.audio_rate, args.video_rate))]
+                 _rates(audio=args.audio_rate, video=args.video_rate))]
     else:
         sys.exit("give --jobs, or --data_path_and_name_and_type and --output_dir")
     rec = AVSRRecognizer(

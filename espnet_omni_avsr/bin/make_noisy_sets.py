@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stage 4: babble noise from training speech, and fixed noisy copies of test sets.
+"""Stage 5: babble noise from training speech, and fixed noisy copies of test sets.
 
     # babble from dump/train into dump/noise/babble.wav (+ babble.json), then dump/test_snr10 ... _snr-5
     python -m espnet_omni_avsr.bin.make_noisy_sets --train_dir dump/train --noise_out dump/noise \
@@ -24,8 +24,9 @@ import logging
 import sys
 from pathlib import Path
 
+from espnet_omni_avsr.names import MODALITIES, noisy_set_name
 from espnet_omni_avsr.prep.errors import PrepError
-from espnet_omni_avsr.prep.noise import NoiseBank, make_babble, make_noisy_set, noisy_set_name
+from espnet_omni_avsr.prep.noise import NoiseBank, make_babble, make_noisy_set
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 BABBLE_NAME = "babble.wav"
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         else:
             train, babble = Path(args.train_dir), Path(args.noise_out) / BABBLE_NAME
             rec = make_babble(
-                train / "wav.scp", train / "utt2spk", babble, num_speakers=args.num_speakers,
+                train / MODALITIES["audio"].scp, train / "utt2spk", babble, num_speakers=args.num_speakers,
                 duration_s=args.babble_duration, seed=args.seed, speaker_fold=args.speaker_fold,
                 force=args.force, progress=not args.no_progress,
             )

@@ -5,6 +5,7 @@ import numpy as np
 from espnet2.train.preprocessor import AbsPreprocessor
 
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer
+from espnet_omni_avsr.names import MODALITIES, TEXT
 from espnet_omni_avsr.prep.noise import NoiseAugmenter
 
 
@@ -38,9 +39,9 @@ class AVSRPreprocessor(AbsPreprocessor):
         sample_rate: int = 16000,
         fps: float = 25.0,
         max_av_offset: Optional[float] = 0.5,
-        text_name: str = "text",
-        speech_name: str = "speech",
-        video_name: str = "video",
+        text_name: str = TEXT.data_name,
+        speech_name: str = MODALITIES["audio"].data_name,
+        video_name: str = MODALITIES["video"].data_name,
         noise: Optional[Union[str, Sequence[str]]] = None,
         noise_snrs: Sequence[Union[float, str, None]] = (-5, 0, 5, 10, 15, 20, "clean"),
         noise_prob: float = 1.0,

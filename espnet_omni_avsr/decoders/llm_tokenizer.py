@@ -2,10 +2,10 @@
 import os
 from typing import List
 
-MODALITY_TOKENS = {
-    "audio": ("<audio>", "</audio>"),
-    "video": ("<video>", "</video>"),
-}
+from espnet_omni_avsr.names import MODALITIES
+
+# modality -> (open, close) delimiter tokens, in MODALITIES order
+MODALITY_TOKENS = {m.name: m.delimiters for m in MODALITIES.values()}
 PAD_TOKEN = "<pad>"
 
 

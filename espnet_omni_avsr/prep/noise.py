@@ -50,6 +50,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from espnet_omni_avsr.names import MODALITIES, format_snr, noisy_set_name  # noqa: F401 (re-exported)
 from espnet_omni_avsr.prep.kaldi_dir import read_table, write_table
 
 SAMPLE_RATE = 16000
@@ -57,7 +58,8 @@ CLIP_PEAK = 0.99
 BABBLE_RMS = 0.1
 DEFAULT_TRAIN_SNRS = (-5, 0, 5, 10, 15, 20, None)
 MARKER = ".done"
-_COPIED_OVER = ("wav.scp", "snr.tsv", MARKER)
+AUDIO_SCP = MODALITIES["audio"].scp
+_COPIED_OVER = (AUDIO_SCP, "snr.tsv", MARKER)
 
 PathLike = Union[str, os.PathLike]
 
@@ -121,15 +123,6 @@ def mix_at_snr(
         scale = clip_peak / peak
         mix *= scale
     return mix, gain, scale
-
-
-def noisy_set_name(src_name: str, snr: float) -> str:
-    """``test`` + -5 -> ``test_snr-5``; 2.5 -> ``test_snr2.5`` (the results table parses this)."""
-    return f"{src_name}_snr{format_snr(snr)}"
-
-
-def format_snr(snr: float) -> str:
-    return str(int(snr)) if float(snr).is_integer() else f"{snr:g}"
 
 
 # --------------------------------------------------------------------------- noise files
@@ -386,10 +379,10 @@ def make_noisy_set(
     if out_dir.exists():
         shutil.rmtree(out_dir)
 
-    wav_scp = read_table(str(src_dir / "wav.scp"))
+    wav_scp = read_table(str(src_dir / AUDIO_SCP))
     bad = [u for u in wav_scp if "/" in u]
     if bad:
-        raise ValueError(f"{src_dir}/wav.scp: utterance ids with '/' cannot name files: {bad[:10]}")
+        raise ValueError(f"{src_dir}/{AUDIO_SCP}: utterance ids with '/' cannot name files: {bad[:10]}")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -428,7 +421,7 @@ def make_noisy_set(
         measured_all.append(measured)
         rows.append((utt, bank.paths[index], offset, float(snr), measured, gain, scale))
         new_scp[utt] = os.path.join(str(out_dir), "wav", name)
-    write_table(str(tmp / "wav.scp"), new_scp)
+    write_table(str(tmp / AUDIO_SCP), new_scp)
     with open(tmp / "snr.tsv", "w", encoding="utf-8") as f:
         f.write("utt\tnoise_file\toffset\ttarget_snr_db\tmeasured_snr_db\tnoise_gain\tclip_scale\n")
         for utt, nf, off, tgt, meas, gain, scale in rows:

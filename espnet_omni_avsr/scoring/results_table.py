@@ -9,22 +9,27 @@ Directory convention (stages 10 and 11 follow it; nothing else is configured)::
         score_wer/{ref.trn,hyp.trn,result.txt,summary.json}   stage 11 (espnet_omni_avsr.bin.score)
 
 * ``<test_set>``: the clean dump set (``test``); ``<cond>``: ``clean``, or an SNR in dB (``10``,
-  ``-5``, ``2.5``) for the noisy copy ``dump/<test_set>_snr<cond>`` written by stage 4.
-* ``<task>``: a label without ``/``: ``asr``, ``vsr``, ``avsr``, or with the rates used at inference,
-  e.g. ``avsr_a4v2``. Its part before the first ``_`` is the task family in the plot.
+  ``-5``, ``2.5``) for the noisy copy ``dump/<test_set>_snr<cond>`` written by stage 5. The layout
+  and these names are ``espnet_omni_avsr.names`` (``decode_dir``, ``noisy_set_name``).
+* ``<task>``: a label without ``/``: ``asr``, ``vsr``, ``avsr``, or with the conditions used at
+  inference, e.g. ``avsr_a4v2`` (``espnet_omni_avsr.names.condition_label``). Its task is the task
+  family in the plot.
 * ``<inference_tag>``: the decoding config (``greedy``, ``beam15``).
 
 Tables (one per clean test-set name): rows = model / decode / task, columns = clean then the SNRs
 found, highest first; a cell is ``WER (LLM input tokens per second)``, tokens per second being the
-sum of ``llm_tokens`` over the decoded utterances divided by the sum of their ``utt2dur`` (computed
-by the scoring stage, ``summary.json["llm_tokens"]``; for a summary without it, from the decoding
-dir's ``llm_tokens`` and ``<dump_dir>/<set>/utt2dur`` when ``dump_dir`` is given). Then sclite's counts per decoded set, and a
-compact task x SNR table of WER. Then the papers' layout for the clean test sets: one row per model
-(and decoding config), one column per task at its rates (``ASR@4``, ``VSR@2``, ``AVSR(4,2)``; the
-rates come from the task label), a cell ``WER (tokens per second)``. The plot (``RESULTS_wer_vs_tokens.png`` beside RESULTS.md, only
-when some decoded set has both numbers) shows WER against tokens per second: one colour per task
-family, one marker per SNR, one line style per test set; points of a series are joined in order of
-tokens per second (several models or rates of one task family).
+sum of ``llm_tokens`` (the audio and video tokens decoding fed the LLM for each utterance, as
+avsr_inference counted them; never derived from a rate) over the decoded utterances divided by the
+sum of their ``utt2dur`` (computed by the scoring stage, ``summary.json["llm_tokens"]``; for a
+summary without it, from the decoding dir's ``llm_tokens`` and ``<dump_dir>/<set>/utt2dur`` when
+``dump_dir`` is given). Then sclite's counts per decoded set, and a compact task x SNR table of WER.
+Then the papers' layout for the clean test sets: one row per model (and decoding config), one
+column per task at its rates (``ASR@4``, ``VSR@2``, ``AVSR(4,2)``; the rates come from the task
+label, parsed by ``espnet_omni_avsr.names.parse_condition_label``), a cell ``WER (tokens per
+second)``. The plot (``RESULTS_wer_vs_tokens.png`` beside RESULTS.md, only when some decoded set
+has both numbers) shows WER against tokens per second: one colour per task family, one marker per
+SNR, one line style per test set; points of a series are joined in order of tokens per second
+(several models or rates of one task family).
 """
 from __future__ import annotations
 
@@ -40,14 +45,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from espnet_omni_avsr.prep.noise import noisy_set_name
+from espnet_omni_avsr.names import DECODE_GLOB, DECODE_LAYOUT, TASKS, dump_set_name, parse_condition_label, \
+    parse_decode_dir, parse_snr_dir  # noqa: F401 (dump_set_name: re-exported)
 from espnet_omni_avsr.scoring.sclite import ScoringError, llm_token_rate
 
 PathLike = Union[str, os.PathLike]
-SUMMARY_GLOB = "*/decode_*/*/*/snr_*/score_wer/summary.json"
-LAYOUT = "exp/<model>/decode_<tag>/<test_set>/<task>/snr_<clean|X>/score_wer/summary.json"
+SUMMARY_GLOB = f"*/{DECODE_GLOB}/score_wer/summary.json"
+LAYOUT = DECODE_LAYOUT.replace("<exp_dir>", "exp/<model>") + "/score_wer/summary.json"
 PLOT_NAME = "RESULTS_wer_vs_tokens.png"
-_COND_RE = re.compile(r"^snr_(?:clean|(?P<snr>-?\d+(?:\.\d+)?))$")
 _TRAINABLE_RE = re.compile(r"Number of trainable parameters:\s*(?P<n>[^\n(]+?)\s*\((?P<pct>[\d.]+)%\)")
 _TOTAL_RE = re.compile(r"Total Number of model parameters:\s*(?P<n>[^\n]+?)\s*$", re.M)
 _VERSIONED = ("torch", "espnet", "transformers", "peft", "espnet_omni_avsr")
@@ -89,15 +94,7 @@ class ModelInfo:
 
 def parse_condition(name: str) -> Optional[float]:
     """``snr_clean`` -> None; ``snr_-5`` -> -5.0; anything else is a ValueError."""
-    m = _COND_RE.match(name)
-    if m is None:
-        raise ValueError(f"decoding condition dir {name!r} is neither snr_clean nor snr_<number>")
-    return float(m.group("snr")) if m.group("snr") is not None else None
-
-
-def dump_set_name(test_set: str, snr: Optional[float]) -> str:
-    """The dump dir decoded: ``test`` (clean) or ``test_snr-5`` (the name stage 4 writes)."""
-    return test_set if snr is None else noisy_set_name(test_set, snr)
+    return parse_snr_dir(name)
 
 
 def snr_label(snr: Optional[float]) -> str:
@@ -122,12 +119,11 @@ def collect_results(exp_dir: PathLike, dump_dir: Optional[PathLike] = None) -> D
     models: Dict[str, ModelInfo] = {}
     for path in found:
         cond_dir = path.parent.parent
-        task_dir, set_dir, decode_dir, model_dir = cond_dir.parents[0], cond_dir.parents[1], cond_dir.parents[2], \
-            cond_dir.parents[3]
         try:
-            snr = parse_condition(cond_dir.name)
+            dec = parse_decode_dir(cond_dir.as_posix())
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        model_dir = cond_dir.parents[3]
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -135,7 +131,7 @@ def collect_results(exp_dir: PathLike, dump_dir: Optional[PathLike] = None) -> D
         if "wer" not in summary:
             raise ValueError(f"{path}: no 'wer' field (not written by espnet_omni_avsr.bin.score?)")
         if not summary.get("llm_tokens") and dump_dir is not None:
-            tokens, utt2dur = cond_dir / "llm_tokens", Path(dump_dir) / dump_set_name(set_dir.name, snr) / "utt2dur"
+            tokens, utt2dur = cond_dir / "llm_tokens", Path(dump_dir) / dec.dump_set / "utt2dur"
             if tokens.is_file() and utt2dur.is_file():
                 try:
                     summary["llm_tokens"] = llm_token_rate(tokens, utt2dur)
@@ -146,8 +142,8 @@ def collect_results(exp_dir: PathLike, dump_dir: Optional[PathLike] = None) -> D
         info = models.get(model_dir.name) or _model_info(model_dir)
         models[model_dir.name] = info
         info.results.append(DecodeResult(
-            model=model_dir.name, inference=decode_dir.name[len("decode_"):], test_set=set_dir.name, snr=snr,
-            task=task_dir.name, summary=summary, path=path,
+            model=model_dir.name, inference=dec.inference_tag, test_set=dec.test_set, snr=dec.snr,
+            task=dec.label, summary=summary, path=path,
         ))
     return models
 
@@ -198,25 +194,31 @@ def _snr_columns(results: List[DecodeResult]) -> List[Optional[float]]:
     return ([None] if any(r.snr is None for r in results) else []) + snrs
 
 
-_LABEL_RE = re.compile(r"^(?P<task>[a-z]+)(?:_(?:a(?P<a>\d+))?(?:v(?P<v>\d+))?)?$")
-_TASK_ORDER = {"asr": 0, "vsr": 1, "avsr": 2}
+def task_family(label: str) -> str:
+    """The task of a condition label (``avsr_a4v2`` -> ``avsr``); a label that is none keeps its text."""
+    try:
+        return parse_condition_label(label)[0]
+    except ValueError:
+        return label
 
 
 def paper_column(label: str) -> Tuple[Tuple, str]:
-    """A task label -> (sort key, column name): asr_a4 -> ASR@4, vsr_v2 -> VSR@2, avsr_a4v2 -> AVSR(4,2);
-    a label without rates is the task name (ASR). Other labels keep their text, after the known ones."""
-    m = _LABEL_RE.match(label)
-    if m is None or m.group("task") not in _TASK_ORDER:
-        return (9, label), label
-    task, a, v = m.group("task"), m.group("a"), m.group("v")
-    rates = [int(x) for x in (a, v) if x is not None]
-    if not rates:
+    """A task label -> (sort key, column name): asr_a4 -> ASR@4, vsr_v2 -> VSR@2, avsr_a4v2 -> AVSR(4,2),
+    asr_aq3 -> ASR@q3; a label without conditions is the task name (ASR). Tasks in ``names.TASKS`` order,
+    then integer rates ascending, then named conditions; other labels keep their text, after the known ones."""
+    try:
+        task, conds = parse_condition_label(label)
+    except ValueError:
+        return (len(TASKS), (), label), label
+    values = [conds[m] for m in TASKS[task].modalities if m in conds]
+    if not values:
         name = task.upper()
-    elif len(rates) == 1:
-        name = f"{task.upper()}@{rates[0]}"
+    elif len(values) == 1:
+        name = f"{task.upper()}@{values[0]}"
     else:
-        name = f"{task.upper()}({rates[0]},{rates[1]})"
-    return (_TASK_ORDER[task], tuple(rates)), name
+        name = f"{task.upper()}({','.join(map(str, values))})"
+    key = tuple((0, v, "") if isinstance(v, int) else (1, 0, v) for v in values)
+    return (list(TASKS).index(task), key, ""), name
 
 
 def paper_table(results: List[DecodeResult]) -> List[str]:
@@ -313,7 +315,7 @@ def plot_wer_vs_tokens(results: List[DecodeResult], out_png: PathLike) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = sorted({r.task.split("_")[0] for r in points})
+    families = sorted({task_family(r.task) for r in points})
     sets = sorted({r.test_set for r in points})
     snrs = _snr_columns(points)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -324,7 +326,7 @@ def plot_wer_vs_tokens(results: List[DecodeResult], out_png: PathLike) -> bool:
         for fi, fam in enumerate(families):
             for si, snr in enumerate(snrs):
                 rs = sorted((r for r in points
-                             if r.test_set == test_set and r.task.split("_")[0] == fam and r.snr == snr),
+                             if r.test_set == test_set and task_family(r.task) == fam and r.snr == snr),
                             key=lambda r: r.tokens_per_second)
                 if not rs:
                     continue

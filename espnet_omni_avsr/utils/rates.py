@@ -1,20 +1,23 @@
-"""Compression rates of a trained model, read from its config, and the names of decoding conditions.
+"""Compression rates of a trained model, read from its config, and the decoding conditions they give.
 
 Pure Python (no ESPnet import) so that shell stages can ask cheaply:
     python -m espnet_omni_avsr.utils.rates --config exp/x/config.yaml --tasks "asr vsr avsr"
-prints one `task<TAB>label<TAB>audio_rate<TAB>video_rate` line per task x rate condition.
+prints one `task<TAB>label<TAB>audio_rate<TAB>video_rate` line per task x rate condition ('-' for a
+modality the task does not read). Labels and task names come from espnet_omni_avsr.names.
 """
 import argparse
 import itertools
 from typing import Dict, List, Mapping, Optional, Sequence
 
-TASK_MODALITIES = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
+from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES, condition_columns, condition_label, task
+
+__all__ = ["TASK_MODALITIES", "condition_label", "conditions", "trained_rates"]
 
 
 def trained_rates(config: Mapping) -> Dict[str, List[int]]:
     """modality -> rates: `<modality>_rates` if set, else the compressor's single `rate`."""
     out = {}
-    for m in ("audio", "video"):
+    for m in MODALITIES:
         if config.get(f"{m}_frontend") is None:
             continue
         rates = config.get(f"{m}_rates") or [(config.get(f"{m}_compressor_conf") or {}).get("rate")]
@@ -24,21 +27,19 @@ def trained_rates(config: Mapping) -> Dict[str, List[int]]:
     return out
 
 
-def condition_label(task: str, rates: Mapping[str, int]) -> str:
-    """'asr_a4', 'vsr_v2', 'avsr_a4v2': the task and the rates its modalities were compressed at."""
-    return f"{task}_" + "".join(f"{m[0]}{rates[m]}" for m in TASK_MODALITIES[task])
-
-
 def conditions(config: Mapping, tasks: Optional[Sequence[str]] = None) -> List[Dict]:
     """Every task x rate combination a trained model can decode."""
     rates = trained_rates(config)
     tasks = tasks or (config.get("model_conf") or {}).get("tasks") or ["avsr"]
     out = []
-    for task in tasks:
-        mods = TASK_MODALITIES[task]
+    for name in tasks:
+        mods = task(name).modalities
+        absent = [m for m in mods if m not in rates]
+        if absent:
+            raise ValueError(f"task {name!r} reads {absent}, which the config has no front end for")
         for combo in itertools.product(*(rates[m] for m in mods)):
             r = dict(zip(mods, combo))
-            out.append(dict(task=task, label=condition_label(task, r), rates=r))
+            out.append(dict(task=name, label=condition_label(name, r), rates=r))
     return out
 
 
@@ -52,7 +53,7 @@ def main(argv=None):
     with open(a.config) as f:
         config = yaml.safe_load(f)
     for c in conditions(config, a.tasks.split() or None):
-        print("\t".join([c["task"], c["label"], str(c["rates"].get("audio", "-")), str(c["rates"].get("video", "-"))]))
+        print("\t".join([c["task"], c["label"]] + condition_columns(c["rates"])))
 
 
 if __name__ == "__main__":

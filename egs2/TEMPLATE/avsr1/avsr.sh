@@ -71,11 +71,9 @@ run_stage() {
     fi
 }
 
-data_args() {  # data_args <prefix> <dir>: the three inputs of a set
-    echo "--${1}_data_path_and_name_and_type ${2}/wav.scp,speech,sound" \
-         "--${1}_data_path_and_name_and_type ${2}/video.scp,video,video" \
-         "--${1}_data_path_and_name_and_type ${2}/text,text,text"
-}
+# Names of files, data, sets and directories come from espnet_omni_avsr/names.py.
+names() { python -m espnet_omni_avsr.names "$@"; }
+data_args() { names data-args --prefix "$1" --dir "$2"; }  # data_args <prefix> <dir>: every input of a set
 
 stage1() { local/data.sh ${local_data_opts}; }
 stage2() { for s in ${all_sets}; do
@@ -95,13 +93,15 @@ stage5() { local noise=(--train_dir "${dumpdir}/${train_set}" --noise_out "${dum
     python -m espnet_omni_avsr.bin.make_noisy_sets "${noise[@]}" --src "${dumpdir}/${s}" --snrs ${snrs}; done; }
 stage6() { python -m espnet_omni_avsr.bin.prepare_pretrained --output_dir "${pretrained_dir}" --models ${pretrained_models}; }
 stage7() {
+    local scp; scp=$(names modality audio scp)
     # shellcheck disable=SC2046
     python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --collect_stats true --ngpu 0 \
         --batch_type unsorted --output_dir "${exp}/stats" --use_tensorboard false \
         $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
-        --train_shape_file "${dumpdir}/${train_set}/wav.scp" --valid_shape_file "${dumpdir}/${valid_set}/wav.scp"; }
+        --train_shape_file "${dumpdir}/${train_set}/${scp}" --valid_shape_file "${dumpdir}/${valid_set}/${scp}"; }
 stage8() {
-    local init=() best k
+    local init=() best k shape
+    shape="$(names modality audio data_name)_shape"
     mkdir -p "${exp}"
     if [ -n "${warmup_config}" ] || [ -n "${warmup_args}" ]; then
         mkdir -p "${exp}/warmup"
@@ -109,7 +109,7 @@ stage8() {
         python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" ${warmup_config:+--config "${warmup_config}"} \
             --ngpu "${ngpu}" --resume true \
             --output_dir "${exp}/warmup" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
-            --train_shape_file "${exp}/stats/train/speech_shape" --valid_shape_file "${exp}/stats/valid/speech_shape" \
+            --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
             ${train_args} ${warmup_args} 2>&1 | tee "${exp}/warmup/train.log"
         best="${exp}/warmup/valid.loss.best.pth"; [ -e "${best}" ] || best="${exp}/warmup/latest.pth"
         for k in ${warmup_init}; do init+=("${best}:${k}:${k}"); done
@@ -118,7 +118,7 @@ stage8() {
     # shellcheck disable=SC2046,SC2086
     python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --ngpu "${ngpu}" --resume true \
         --output_dir "${exp}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
-        --train_shape_file "${exp}/stats/train/speech_shape" --valid_shape_file "${exp}/stats/valid/speech_shape" \
+        --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
         ${init[@]+--init_param "${init[@]}"} ${train_args} 2>&1 | tee "${exp}/train.log"; }
 stage9() {
     local m
@@ -130,28 +130,19 @@ stage9() {
     done
     echo "no trained model in ${exp}" >&2; return 1; }
 stage10() {  # one process decodes every test set x task x trained rate x SNR (the model loads once)
-    local s t label ar vr cond src jobs="${exp}/decode_${inference_tag}/jobs.tsv"
-    mkdir -p "$(dirname "${jobs}")"; : > "${jobs}"
-    python -m espnet_omni_avsr.utils.rates --config "${exp}/config.yaml" --tasks "${decode_tasks}" |
-    while IFS=$'\t' read -r t label ar vr; do
-        for s in ${test_sets}; do
-            for cond in clean ${snrs}; do
-                [ "${cond}" != clean ] && [ "${t}" = vsr ] && continue  # noise touches audio only
-                [ "${cond}" = clean ] && src="${dumpdir}/${s}" || src="${dumpdir}/${s}_snr${cond}"
-                printf '%s\t%s\t%s\t%s\t%s\n' "${t}" "${src}" \
-                    "${exp}/decode_${inference_tag}/${s}/${label}/snr_${cond}" "${ar}" "${vr}" >> "${jobs}"
-            done
-        done
-    done
+    local jobs="${exp}/decode_${inference_tag}/jobs.tsv"
+    mkdir -p "$(dirname "${jobs}")"
+    # clean and noisy sets for the tasks that read audio (noise touches audio only), clean for the rest
+    names decode-jobs --config "${exp}/config.yaml" --tasks="${decode_tasks}" --test_sets="${test_sets}" \
+        --snrs="${snrs}" --dump_dir "${dumpdir}" --exp_dir "${exp}" --inference_tag "${inference_tag}" > "${jobs}"
     # shellcheck disable=SC2086
     python -m espnet_omni_avsr.bin.avsr_inference ${inference_config:+--config "${inference_config}"} \
         --train_config "${exp}/config.yaml" --model_file "${exp}/model.pth" --ngpu "${ngpu}" \
         --jobs "${jobs}" ${inference_args}; }
 stage11() {
-    local d
-    for d in "${exp}/decode_${inference_tag}"/*/*/snr_*; do
-        set_dir=$(basename "$(dirname "$(dirname "${d}")")"); cond=${d##*/snr_}
-        [ "${cond}" = clean ] && ref="${dumpdir}/${set_dir}" || ref="${dumpdir}/${set_dir}_snr${cond}"
+    local d ref
+    names decode-dirs --exp_dir "${exp}" --inference_tag "${inference_tag}" --dump_dir "${dumpdir}" |
+    while IFS=$'\t' read -r d ref; do
         python -m espnet_omni_avsr.bin.score --ref "${ref}/text" --hyp "${d}/text" --out_dir "${d}/score_wer"
     done
     python -m espnet_omni_avsr.bin.make_results --exp_dir "${expdir}" --dump_dir "${dumpdir}" --out RESULTS.md; }

@@ -1,0 +1,32 @@
+"""The jobs file that `python -m espnet_omni_avsr.names decode-jobs` writes is what avsr_inference reads."""
+import pytest
+
+from espnet_omni_avsr.bin.avsr_inference import read_jobs
+from espnet_omni_avsr.names import decode_jobs
+
+
+def test_decode_jobs_read_back(tmp_path):
+    conds = [dict(task="vsr", label="vsr_v2", rates={"video": 2}),
+             dict(task="avsr", label="avsr_a4v2", rates={"audio": 4, "video": 2})]
+    rows = decode_jobs(conds, ["test"], [-5], "dump", "exp/m", "greedy")
+    path = tmp_path / "jobs.tsv"
+    path.write_text("".join("\t".join(r) + "\n" for r in rows))
+    jobs = read_jobs(str(path))
+    assert [(t, str(out), rates) for t, _, out, rates in jobs] == [
+        ("vsr", "exp/m/decode_greedy/test/vsr_v2/snr_clean", {"video": 2}),
+        ("avsr", "exp/m/decode_greedy/test/avsr_a4v2/snr_clean", {"audio": 4, "video": 2}),
+        ("avsr", "exp/m/decode_greedy/test/avsr_a4v2/snr_-5", {"audio": 4, "video": 2}),
+    ]
+    assert jobs[0][1] == [("dump/test/video.scp", "video", "video")]
+    assert jobs[2][1] == [("dump/test_snr-5/wav.scp", "speech", "sound"),
+                          ("dump/test_snr-5/video.scp", "video", "video")]
+
+
+def test_bad_jobs_lines_name_the_line(tmp_path):
+    path = tmp_path / "jobs.tsv"
+    path.write_text("asr\tdump/test\tout\tq3\t-\n")
+    with pytest.raises(ValueError, match=r"jobs.tsv:1: rates must be integers"):
+        read_jobs(str(path))
+    path.write_text("asr\tdump/test\tout\t4\n")
+    with pytest.raises(ValueError, match=r"jobs.tsv:1: expected 'task<TAB>data_dir<TAB>output_dir"):
+        read_jobs(str(path))
