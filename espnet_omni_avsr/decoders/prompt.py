@@ -18,13 +18,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from espnet_omni_avsr.decoders.llm_tokenizer import MODALITY_TOKENS
-from espnet_omni_avsr.utils.rates import TASK_MODALITIES
+from espnet_omni_avsr.names import DEFAULT_INSTRUCTIONS, TASK_MODALITIES
 
-DEFAULT_INSTRUCTIONS = {
-    "asr": "Transcribe speech to text.",
-    "vsr": "Transcribe video to text.",
-    "avsr": "Transcribe speech and video to text.",
-}
+__all__ = ["DEFAULT_INSTRUCTIONS", "IGNORE_ID", "MODALITY_TOKEN_TYPES", "Prompt", "PromptLayout", "TokenType"]
 IGNORE_ID = -100
 # Placeholder ids marking the positions that receive a modality's tokens.
 _SLOTS = {"audio": -1, "video": -2}

@@ -33,7 +33,7 @@ class ModelParts:
     @property
     def modalities(self) -> Tuple[str, ...]:
         """The modalities the tasks use, sorted."""
-        from espnet_omni_avsr.utils.rates import TASK_MODALITIES
+        from espnet_omni_avsr.names import TASK_MODALITIES
 
         return tuple(sorted({m for t in self.tasks if t in TASK_MODALITIES for m in TASK_MODALITIES[t]}))
 

@@ -16,9 +16,9 @@ from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.models.step_record import LLMPass, StepRecord
 from espnet_omni_avsr.models.task_schedule import TaskSchedule
+from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 
-_INPUT_NAMES = {"audio": "speech", "video": "video"}
 Tokens = Tuple[torch.Tensor, torch.Tensor]  # (B, T, D_llm), (B,)
 
 
@@ -91,7 +91,7 @@ class AVSRLLMModel(AbsESPnetModel):
     @property
     def branches(self) -> Dict[str, ModalityBranch]:
         """modality -> branch, for the branches this model has."""
-        return {m: getattr(self, m) for m in ("audio", "video") if getattr(self, m) is not None}
+        return {m: getattr(self, m) for m in MODALITIES if getattr(self, m, None) is not None}
 
     def conditions(self, modality: str) -> List[str]:
         """The conditions a branch was trained at (the first is the default)."""
@@ -102,14 +102,13 @@ class AVSRLLMModel(AbsESPnetModel):
         """Run the front end and encoder of each modality the tasks need, once."""
         out = {}
         for m in sorted({m for t in tasks for m in TASK_MODALITIES[t]}):
-            name = _INPUT_NAMES[m]
-            if batch.get(name) is None:
+            spec = MODALITIES[m]
+            if batch.get(spec.data_name) is None:
                 raise ValueError(
-                    f"task(s) {list(tasks)} need '{name}' in the batch: give a {name}.scp as "
-                    f"--*_data_path_and_name_and_type <dir>/{name}.scp,{name},"
-                    f"{'sound' if name == 'speech' else 'video'}"
+                    f"task(s) {list(tasks)} need '{spec.data_name}' in the batch: give a {spec.scp} as "
+                    f"--*_data_path_and_name_and_type <dir>/{spec.scp},{spec.data_name},{spec.loader}"
                 )
-            out[m] = getattr(self, m).encode(batch[name], batch[name + "_lengths"])
+            out[m] = getattr(self, m).encode(batch[spec.data_name], batch[spec.lengths_name])
         return out
 
     def modality_tokens(

@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from espnet_omni_avsr.utils.rates import condition_label
+from espnet_omni_avsr.names import condition_label
 
 Tokens = Tuple[torch.Tensor, torch.Tensor]  # (B, T, D), (B,)
 

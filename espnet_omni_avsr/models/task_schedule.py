@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 
 from espnet_omni_avsr.models.step_record import Job
-from espnet_omni_avsr.utils.rates import TASK_MODALITIES
+from espnet_omni_avsr.names import TASK_MODALITIES
 
 RATE_SAMPLING = ("one_pair", "all_pairs")
 

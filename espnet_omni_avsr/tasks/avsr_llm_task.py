@@ -47,6 +47,7 @@ from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
 from espnet_omni_avsr.losses.token_ctc import TokenCTC
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
+from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
@@ -278,7 +279,7 @@ class AVSRLLMTask(AbsTask):
 
     @classmethod
     def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
-        return ("speech", "video")
+        return tuple(m.data_name for m in MODALITIES.values())
 
     @classmethod
     @typechecked
