@@ -235,7 +235,8 @@ def test_files_without_pretrained(file_recipe, tmp_path):
 def test_missing_file_is_an_error_naming_config_and_key(file_recipe, tmp_path):
     r, exp = file_recipe
     (r / "ckpt" / "avhubert.pt").unlink()
-    with pytest.raises(FileNotFoundError, match=r"config.yaml: video_encoder_conf.checkpoint = 'ckpt/avhubert.pt'.*not a file"):
+    expected = r"config.yaml: video_encoder_conf.checkpoint = 'ckpt/avhubert.pt'.*not a file"
+    with pytest.raises(FileNotFoundError, match=expected):
         pack_model(exp / "config.yaml", exp / "model.pth", tmp_path / "m.tar", base_dir=r)
     (r / "ckpt" / "avhubert.pt").mkdir()
     with pytest.raises(FileNotFoundError, match="not a file"):

@@ -224,8 +224,9 @@ def test_summary_of_a_built_model(tiny_llm_dir, tiny_whisper_dir, caplog):
     assert model.video.frontend.training and all(not m.training for m in enc.modules())
 
     rows = {r.part: r for r in trainable_summary(model)}
-    assert rows["audio.encoder"].trainable == 0 and rows["audio.encoder"].sources == (os.path.abspath(tiny_whisper_dir),)
-    assert rows["video.encoder"].trainable == 0 and rows["video.encoder"].frozen > 0 and not rows["video.encoder"].sources
+    audio, video = rows["audio.encoder"], rows["video.encoder"]
+    assert audio.trainable == 0 and audio.sources == (os.path.abspath(tiny_whisper_dir),)
+    assert video.trainable == 0 and video.frozen > 0 and not video.sources  # frozen, the model's own weights
     assert rows["decoder.llm"].trainable > 0 and rows["decoder.llm"].frozen > 0  # LoRA on a frozen LLM
     assert len(rows["decoder.llm"].sources) == 1
     assert rows["decoder"].trainable > 0  # the delimiters' own embedding table
