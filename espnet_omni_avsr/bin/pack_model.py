@@ -5,9 +5,11 @@
         --model_file exp/<tag>/model.pth --out exp/<tag>/packed/<tag>.tar[.gz] \
         [--base_dir .] [--exclude_pretrained] [--force]
 
-The archive holds config.yaml (model_dir / tokenizer_dir values rewritten to pretrained/<name>),
-model.pth, meta.yaml and the pretrained folders; espnet_omni_avsr.bin.unpack_model extracts it.
-Layout: espnet_omni_avsr/utils/model_archive.py. Exit status 0 on success, 1 on an error.
+The archive holds config.yaml (the values of model_dir, tokenizer_dir, checkpoint and
+token_ctc_vocab rewritten to pretrained/<name>), model.pth, meta.yaml and those pretrained folders
+and files, so that the frozen weights left out of model.pth come back from inside the archive;
+espnet_omni_avsr.bin.unpack_model extracts it. Layout and the list of keys (SOURCE_KEYS):
+espnet_omni_avsr/utils/model_archive.py. Exit status 0 on success, 1 on an error.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_file", required=True, help="trained weights (.pth; a symlink is followed)")
     p.add_argument("--out", required=True, help="archive: .tar, .tar.gz or .tgz")
     p.add_argument("--base_dir", default=".",
-                   help="directory the config's relative pretrained paths are relative to (the recipe dir)")
+                   help="directory the config's relative paths are relative to (the recipe dir)")
     p.add_argument("--exclude_pretrained", action="store_true",
-                   help="do not copy the pretrained folders in (the archive then names them only)")
+                   help="do not copy the pretrained folders and files in (the archive then names them only)")
     p.add_argument("--force", action="store_true", help="rewrite an archive that already holds this model")
     add_log_level(p)
     return p

@@ -9,6 +9,7 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet_omni_avsr.encoders.avhubert_checkpoint import load_avhubert_state, read_avhubert_checkpoint
 from espnet_omni_avsr.encoders.avhubert_modules import AVHubertArch, AVHubertModel
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
+from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
 
 MODALITIES = ("video", "audiovisual")
 
@@ -104,7 +105,7 @@ class AVHubertEncoder(AbsEncoder):
                                    layerdrop=layerdrop)
         if ckpt is not None:
             load_avhubert_state(self.model, ckpt)
-            mark_pretrained(self.model)
+            mark_pretrained(self.model, source=checkpoint)
             logging.info("AVHubertEncoder: loaded %s (%d layers, %d dim; read with %s)", checkpoint,
                          arch.encoder_layers, arch.encoder_embed_dim, ckpt.read_with)
         self.arch = arch
@@ -114,8 +115,7 @@ class AVHubertEncoder(AbsEncoder):
         self.modality = modality
         self.frozen = bool(frozen)
         if self.frozen:
-            self.model.requires_grad_(False)
-            self.model.eval()
+            set_trainable(self.model, False)
         self.lora_r = lora_r
         if lora_r:
             from peft import LoraConfig, inject_adapter_in_model
@@ -123,17 +123,16 @@ class AVHubertEncoder(AbsEncoder):
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                 target_modules=["q_proj", "v_proj"], bias="none")
             inject_adapter_in_model(config, self.model.encoder)
-            for name, p in self.model.named_parameters():
-                p.requires_grad_("lora_" in name)
+            for name, m in self.model.named_modules():
+                if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+                    set_trainable(m, True)  # inside the frozen network: in eval mode with it
 
     def output_size(self) -> int:
         return self.arch.encoder_embed_dim
 
     def train(self, mode: bool = True) -> "AVHubertEncoder":
         super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
+        return keep_frozen_in_eval(self)
 
     def forward(
         self,

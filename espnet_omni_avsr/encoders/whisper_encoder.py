@@ -10,6 +10,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
+from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
 
 _PREFIXES = ("model.encoder.", "encoder.")  # WhisperForConditionalGeneration, WhisperModel
 
@@ -131,7 +132,7 @@ class WhisperEncoder(AbsEncoder):
         if unexpected:
             logging.warning("WhisperEncoder: ignored unexpected encoder weights %s", sorted(unexpected)[:8])
 
-        mark_pretrained(self.encoder)
+        mark_pretrained(self.encoder, source=model_dir)
         self.model_dir = model_dir
         self.input_size = input_size
         self.output_layer = output_layer % (n_layers + 1)
@@ -139,17 +140,14 @@ class WhisperEncoder(AbsEncoder):
         conv_stride = self.encoder.conv1.stride[0] * self.encoder.conv2.stride[0]  # 2
         self.exact_length = config.max_source_positions * conv_stride  # 3000
         if self.frozen:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
+            set_trainable(self.encoder, False)
 
     def output_size(self) -> int:
         return self.encoder.config.d_model
 
     def train(self, mode: bool = True) -> "WhisperEncoder":
         super().train(mode)
-        if self.frozen:
-            self.encoder.eval()  # no dropout/layerdrop in a frozen encoder
-        return self
+        return keep_frozen_in_eval(self)  # no dropout/layerdrop in a frozen encoder
 
     def forward(
         self,

@@ -5,6 +5,7 @@ import torch
 
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.mouth_roi_transform import MouthROITransform
+from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
 
 
 class LightVideoFrontend(AbsVideoFrontend):
@@ -88,19 +89,15 @@ class LightVideoFrontend(AbsVideoFrontend):
             in_channels = out_channels
         self.blocks = torch.nn.Sequential(*layers)
         self.proj = torch.nn.Linear(in_channels, output_size)
-        if frozen:
-            self.requires_grad_(False)
-            self.eval()
+        if frozen:  # BatchNorm keeps its running statistics; the augmentation follows train/eval
+            set_trainable(self, False, eval_parts=(self.stem, self.blocks))
 
     def output_size(self) -> int:
         return self._output_size
 
     def train(self, mode: bool = True) -> "LightVideoFrontend":
         super().train(mode)
-        if self.frozen:  # keep BatchNorm running statistics fixed
-            self.stem.eval()
-            self.blocks.eval()
-        return self
+        return keep_frozen_in_eval(self)
 
     def forward(
         self, video: torch.Tensor, video_lengths: torch.Tensor

@@ -13,6 +13,7 @@ import torch
 
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.mouth_roi_transform import MouthROITransform
+from espnet_omni_avsr.utils.trainable import set_trainable
 
 
 class PixelVideoFrontend(AbsVideoFrontend):
@@ -75,8 +76,8 @@ class PixelVideoFrontend(AbsVideoFrontend):
             torch.nn.ReLU(),
             torch.nn.Linear(hidden_size, output_size),
         )
-        if frozen:
-            self.requires_grad_(False)
+        if frozen:  # nothing here depends on the mode but the augmentation, which follows it
+            set_trainable(self, False, eval_parts=())
 
     def output_size(self) -> int:
         return self._output_size

@@ -6,6 +6,7 @@ from espnet2.asr.encoder.avhubert_encoder import ResEncoder
 
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
 from espnet_omni_avsr.frontends.mouth_roi_transform import MouthROITransform
+from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
 
 RELU_TYPES = ("prelu", "relu")
 
@@ -66,18 +67,15 @@ class ResNet18VideoFrontend(AbsVideoFrontend):
         )
         self.resnet = build_lip_trunk(relu_type)
         self.frozen = frozen
-        if frozen:
-            self.resnet.requires_grad_(False)
-            self.resnet.eval()
+        if frozen:  # BatchNorm keeps its running statistics; the augmentation follows train/eval
+            set_trainable(self, False, eval_parts=(self.resnet,))
 
     def output_size(self) -> int:
         return self.resnet.backend_out  # 512
 
     def train(self, mode: bool = True) -> "ResNet18VideoFrontend":
         super().train(mode)
-        if self.frozen:
-            self.resnet.eval()  # keep BatchNorm running statistics fixed
-        return self
+        return keep_frozen_in_eval(self)
 
     def forward(
         self, video: torch.Tensor, video_lengths: torch.Tensor

@@ -12,10 +12,7 @@ import torch
 
 from espnet_omni_avsr.compression.abs_compressor import AbsCompressor
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
-
-
-def _trainable(module: Optional[torch.nn.Module]) -> bool:
-    return module is not None and any(p.requires_grad for p in module.parameters())
+from espnet_omni_avsr.utils.trainable import is_trainable
 
 
 class ModalityBranch(torch.nn.Module):
@@ -60,7 +57,7 @@ class ModalityBranch(torch.nn.Module):
         statistics), also one without a `frozen` flag of its own (ESPnet's). Front ends keep their
         mode: their data augmentation follows training even when their weights are frozen."""
         super().train(mode)
-        if self.encoder is not None and not _trainable(self.encoder):
+        if self.encoder is not None and not is_trainable(self.encoder):
             self.encoder.eval()
         return self
 
@@ -88,10 +85,10 @@ class ModalityBranch(torch.nn.Module):
         return str(condition)
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.frontend)):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and is_trainable(self.frontend)):
             feats, lengths = self.frontend(x, lengths)
         if self.encoder is not None:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and _trainable(self.encoder)):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and is_trainable(self.encoder)):
                 feats, lengths, _ = self.encoder(feats, lengths)
         return feats, lengths
 

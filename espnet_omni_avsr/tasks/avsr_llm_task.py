@@ -51,6 +51,7 @@ from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
+from espnet_omni_avsr.utils.trainable import set_trainable
 
 register_video_data_type()
 
@@ -179,7 +180,7 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
         frozen = False if takes_frozen else bool(enc_conf.pop("frozen", False))
         encoder = enc_class(input_size=size, **enc_conf)
         if frozen:
-            encoder.requires_grad_(False)
+            set_trainable(encoder, False)
         size = encoder.output_size()
     # 3. compressors, one per rate: T -> ceil(T / rate)
     comp_class = choices["compressor"].get_class(getattr(args, f"{prefix}_compressor"))

@@ -3,23 +3,30 @@
 Archive layout (``.tar``, or gzip-compressed for ``.tar.gz`` / ``.tgz``)::
 
     meta.yaml            format version, date, versions, source paths, sha256 of model.pth and of the
-                         source config, the pretrained folders (archive name -> source path, config
-                         keys, included)
-    config.yaml          the training config; every ``model_dir`` / ``tokenizer_dir`` value, at any
-                         depth of nested dicts and lists, rewritten to ``pretrained/<folder name>``
+                         source config, the pretrained sources (archive name -> source path, kind,
+                         config keys, included)
+    config.yaml          the training config; every value under a key of ``SOURCE_KEYS``, at any
+                         depth of nested dicts and lists, rewritten to ``pretrained/<name>``
     model.pth            the trained weights
-    pretrained/<name>/   the referenced local pretrained folders (when include_pretrained)
+    pretrained/<name>    the referenced local folders and files (when include_pretrained)
 
-Relative pretrained paths in the config are resolved against ``base_dir`` (the directory training
-ran in: the recipe directory). Two different folders with the same name get ``<name>-2``, ...;
-one folder referenced twice (decoder and tokenizer) is stored once. Symbolic links inside the
-folders (Hugging Face caches) are stored as the files they point to.
+``SOURCE_KEYS`` is the one list of the config keys whose values are local folders or files the
+model is built from: the pretrained folders (``model_dir``, ``tokenizer_dir``), the AV-HuBERT
+``checkpoint`` file and token CTC's vocabulary file (``token_ctc_vocab``). Frozen pretrained
+weights are left out of model.pth (utils/frozen_weights.py) and rebuilt from these, so an archive
+needs them all to be self-contained. The model is not built to pack it (that would load the LLM);
+the config names every source the built model reports (``frozen_weights.pretrained_sources``).
+
+Relative paths in the config are resolved against ``base_dir`` (the directory training ran in: the
+recipe directory). Two different sources with the same name get ``<name>-2`` (files:
+``<stem>-2<suffix>``), ...; one source referenced twice (decoder and tokenizer) is stored once.
+Symbolic links (Hugging Face caches) are stored as the files they point to.
 
 ``unpack_model`` refuses members with absolute paths, ``..`` components, links, devices or anything
 that would land outside ``dest_dir``; checks model.pth against the recorded sha256; rewrites the
 ``pretrained/<name>`` paths of config.yaml to absolute paths (under ``dest_dir``, or under
-``pretrained_dir`` for archives packed without the folders); and writes ``.unpacked`` last, so a
-second call with the same archive does nothing.
+``pretrained_dir`` for archives packed without them); and writes ``.unpacked`` last, so a second
+call with the same archive does nothing. Archives of format 1 (folders only) unpack the same way.
 """
 from __future__ import annotations
 
@@ -39,10 +46,17 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 import yaml
 
 PathLike = Union[str, os.PathLike]
-PRETRAINED_KEYS = ("model_dir", "tokenizer_dir")
+FOLDER, FILE = "folder", "file"
+SOURCE_KEYS: Dict[str, str] = {  # config key -> what its value names
+    "model_dir": FOLDER,        # Hugging Face folders: the LLM, Whisper (front end and encoder)
+    "tokenizer_dir": FOLDER,    # the preprocessor's LLM tokenizer
+    "checkpoint": FILE,         # an AV-HuBERT checkpoint (video_encoder_conf)
+    "token_ctc_vocab": FILE,    # token CTC's vocabulary, a Kaldi text file (model_conf)
+}
+PRETRAINED_KEYS = tuple(SOURCE_KEYS)
 ARCHIVE_PRETRAINED = "pretrained"
 FORMAT = "espnet_omni_avsr model archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # sources may be files as well as folders
 UNPACK_MARKER = ".unpacked"
 _VERSIONED = ("torch", "espnet", "transformers", "peft", "espnet_omni_avsr")
 _OURS = ("meta.yaml", "config.yaml", "model.pth", ARCHIVE_PRETRAINED, UNPACK_MARKER)
@@ -78,6 +92,20 @@ def _set(config: Any, path: KeyPath, value: str) -> None:
 
 def _dotted(path: KeyPath) -> str:
     return ".".join(str(k) for k in path)
+
+
+def _is_kind(path: Path, kind: str) -> bool:
+    return path.is_dir() if kind == FOLDER else path.is_file()
+
+
+def _archive_name(src: Path, kind: str, taken) -> str:
+    """The source's own name, or ``<name>-2`` (files: ``<stem>-2<suffix>``), ... when taken."""
+    stem, suffix = (src.name, "") if kind == FOLDER else (src.stem, src.suffix)
+    name, n = src.name, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}{suffix}"
+    return name
 
 
 # --------------------------------------------------------------------------- helpers
@@ -138,16 +166,16 @@ def pack_model(
     """Write the archive (layout in the module docstring); returns the meta record.
 
     An existing archive packed from the same config and weights (same sha256s, same pretrained
-    sources, same include_pretrained) is kept unless ``force``; the pretrained folders' contents are
-    not compared.
+    sources, same include_pretrained) is kept unless ``force``; the sources' contents are not
+    compared.
 
     Args:
         config_yaml: the training config.yaml.
         model_file: the trained weights (any name; stored as model.pth).
         out_path: ``*.tar`` or ``*.tar.gz`` / ``*.tgz``; written atomically.
-        include_pretrained: copy the referenced pretrained folders in (else only their names are kept,
-            and ``unpack_model`` needs ``pretrained_dir``).
-        base_dir: what relative pretrained paths are relative to (default: the current directory).
+        include_pretrained: copy the referenced folders and files in (else only their names are
+            kept, and ``unpack_model`` needs ``pretrained_dir``).
+        base_dir: what relative paths in the config are relative to (default: the current directory).
     """
     config_yaml, model_file, out_path = Path(config_yaml), Path(model_file), Path(out_path)
     base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
@@ -159,26 +187,24 @@ def pack_model(
     if not isinstance(config, dict):
         raise ValueError(f"{config_yaml}: expected a YAML mapping at the top level")
 
-    folders: Dict[Path, str] = {}      # resolved source folder -> archive name
-    record: Dict[str, dict] = {}       # archive name -> {source, keys, included}
+    sources: Dict[Path, str] = {}      # resolved source folder or file -> archive name
+    record: Dict[str, dict] = {}       # archive name -> {source, kind, keys, included}
     for keypath, value in list(iter_pretrained_paths(config)):
+        kind = SOURCE_KEYS[keypath[-1]]
         src = Path(value) if os.path.isabs(value) else base / value
         src = src.resolve()
-        if include_pretrained and not src.is_dir():
+        if include_pretrained and not _is_kind(src, kind):
             raise FileNotFoundError(
-                f"{config_yaml}: {_dotted(keypath)} = {value!r} -> {src} is not a directory "
-                f"(relative paths are resolved against base_dir {base})"
+                f"{config_yaml}: {_dotted(keypath)} = {value!r} -> {src} is not a "
+                f"{'directory' if kind == FOLDER else 'file'} (relative paths are resolved against base_dir {base})"
             )
-        if src not in folders:
-            name, n = src.name, 1
-            while name in record:
-                n += 1
-                name = f"{src.name}-{n}"
-            folders[src] = name
-            record[name] = {"source": str(src), "keys": [], "included": bool(include_pretrained)}
-            if not include_pretrained and not src.is_dir():
+        if src not in sources:
+            name = _archive_name(src, kind, record)
+            sources[src] = name
+            record[name] = {"source": str(src), "kind": kind, "keys": [], "included": bool(include_pretrained)}
+            if not include_pretrained and not _is_kind(src, kind):
                 logging.warning(f"{_dotted(keypath)}: {src} does not exist here (not included anyway)")
-        name = folders[src]
+        name = sources[src]
         record[name]["keys"].append(_dotted(keypath))
         _set(config, keypath, f"{ARCHIVE_PRETRAINED}/{name}")
 
@@ -212,10 +238,10 @@ def pack_model(
         _add_bytes(tar, "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode("utf-8"))
         tar.add(str(model_file), arcname="model.pth", filter=_anonymise)
         if include_pretrained:
-            for src, name in folders.items():
+            for src, name in sources.items():
                 tar.add(str(src), arcname=f"{ARCHIVE_PRETRAINED}/{name}", recursive=True, filter=_anonymise)
     os.replace(tmp, out_path)
-    logging.info(f"packed {model_file} + {config_yaml} ({len(folders)} pretrained folders"
+    logging.info(f"packed {model_file} + {config_yaml} ({len(sources)} pretrained folders and files"
                  f"{'' if include_pretrained else ', not included'}) -> {out_path}")
     return meta
 
@@ -262,9 +288,9 @@ def unpack_model(
     """Extract ``archive`` into ``dest_dir`` -> (config.yaml path, model.pth path), absolute.
 
     Args:
-        pretrained_dir: for archives packed without the pretrained folders: a directory holding them
-            under the same names (``<pretrained_dir>/<name>``). Without it such paths point to
-            ``dest_dir/pretrained/<name>`` and a warning lists the folders that are missing.
+        pretrained_dir: for archives packed without the pretrained folders and files: a directory
+            holding them under the same names (``<pretrained_dir>/<name>``). Without it such paths
+            point to ``dest_dir/pretrained/<name>`` and a warning lists the ones that are missing.
         overwrite: replace an unpacked model with a different sha256 (only the archive's own entries
             in ``dest_dir`` are removed). Without it that is an error.
     """
@@ -318,15 +344,15 @@ def unpack_model(
             logging.warning(f"{archive}: {_dotted(keypath)} = {value!r} is not inside the archive; left as is")
             continue
         target = root / value[len(prefix):]
-        if not target.is_dir():
+        if not _is_kind(target, SOURCE_KEYS[keypath[-1]]):
             missing.append(f"{_dotted(keypath)} -> {target}")
         _set(config, keypath, str(target))
     if missing and (included or pretrained_dir is not None):
-        raise ArchiveError(f"{archive}: pretrained folders not found after unpacking: {missing}")
+        raise ArchiveError(f"{archive}: pretrained folders or files not found after unpacking: {missing}")
     if missing:
         logging.warning(
-            f"{archive} was packed without its pretrained folders; put them at (or unpack with "
-            f"pretrained_dir=...): {missing}"
+            f"{archive} was packed without its pretrained folders and files; put them at (or unpack "
+            f"with pretrained_dir=...): {missing}"
         )
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     marker.write_text(json.dumps({"archive": str(archive.resolve()), "model_sha256": sha}) + "\n")

@@ -168,3 +168,109 @@ def test_cli(recipe, tmp_path, capsys):
     assert pack_cli.main(["--config", str(exp / "config.yaml"), "--model_file", str(exp / "model.pth"),
                           "--out", str(tmp_path / "x.tar"), "--base_dir", str(tmp_path)]) == 1
 
+
+
+# --------------------------------------------------------------------------- files as sources
+
+
+@pytest.fixture
+def file_recipe(tmp_path):
+    """A recipe whose config names files: a relative AV-HuBERT checkpoint, an absolute token-CTC
+    vocabulary, a second checkpoint with the same file name, and a null checkpoint."""
+    r = tmp_path / "recipe"
+    _folder(r / "pretrained" / "tiny-llm", {"config.json": b"{}"})
+    _folder(r / "ckpt", {"avhubert.pt": b"checkpoint" * 100})
+    other = _folder(tmp_path / "other", {"avhubert.pt": b"other checkpoint"})
+    vocab = _folder(tmp_path / "data", {"text": b"utt1 HELLO\n"}) / "text"
+    config = {
+        "decoder_conf": {"model_dir": "pretrained/tiny-llm"},
+        "video_encoder_conf": {"checkpoint": "ckpt/avhubert.pt", "frozen": True},
+        "model_conf": {"token_ctc_vocab": str(vocab)},
+        "experts": [{"checkpoint": str(other / "avhubert.pt")}, {"checkpoint": None}],
+    }
+    exp = r / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (exp / "model.pth").write_bytes(b"weights")
+    return r, exp
+
+
+def test_files_are_packed_and_unpacked(file_recipe, tmp_path):
+    r, exp = file_recipe
+    out = tmp_path / "m.tar"
+    meta = pack_model(exp / "config.yaml", exp / "model.pth", out, base_dir=r)
+    assert {n: v["kind"] for n, v in meta["pretrained"].items()} == {
+        "tiny-llm": "folder", "avhubert.pt": "file", "text": "file", "avhubert-2.pt": "file"}
+    assert meta["pretrained"]["avhubert.pt"]["keys"] == ["video_encoder_conf.checkpoint"]
+    with tarfile.open(out) as tar:
+        assert tar.getmember("pretrained/avhubert.pt").isfile() and tar.getmember("pretrained/text").isfile()
+        packed = yaml.safe_load(tar.extractfile("config.yaml").read())
+    assert packed["video_encoder_conf"]["checkpoint"] == "pretrained/avhubert.pt"
+    assert packed["experts"][0]["checkpoint"] == "pretrained/avhubert-2.pt"
+    assert packed["experts"][1]["checkpoint"] is None
+
+    (r / "ckpt" / "avhubert.pt").unlink()  # the archive does not need its sources any more
+    config_path, _ = unpack_model(out, tmp_path / "u")
+    cfg = yaml.safe_load(config_path.read_text())
+    assert open(cfg["video_encoder_conf"]["checkpoint"], "rb").read() == b"checkpoint" * 100
+    assert open(cfg["experts"][0]["checkpoint"], "rb").read() == b"other checkpoint"
+    assert open(cfg["model_conf"]["token_ctc_vocab"], "rb").read() == b"utt1 HELLO\n"
+    assert cfg["model_conf"]["token_ctc_vocab"] == str((tmp_path / "u").resolve() / "pretrained" / "text")
+
+
+def test_files_without_pretrained(file_recipe, tmp_path):
+    r, exp = file_recipe
+    out = tmp_path / "light.tar"
+    pack_model(exp / "config.yaml", exp / "model.pth", out, base_dir=r, include_pretrained=False)
+    store = _folder(tmp_path / "store", {"avhubert.pt": b"c", "avhubert-2.pt": b"c2", "text": b"t"})
+    (store / "tiny-llm").mkdir()
+    config_path, _ = unpack_model(out, tmp_path / "u", pretrained_dir=store)
+    assert yaml.safe_load(config_path.read_text())["video_encoder_conf"]["checkpoint"] == str(store / "avhubert.pt")
+    (store / "text").unlink()
+    (store / "text").mkdir()  # a folder where the vocabulary file should be
+    with pytest.raises(ArchiveError, match="model_conf.token_ctc_vocab"):
+        unpack_model(out, tmp_path / "u2", pretrained_dir=store)
+
+
+def test_missing_file_is_an_error_naming_config_and_key(file_recipe, tmp_path):
+    r, exp = file_recipe
+    (r / "ckpt" / "avhubert.pt").unlink()
+    expected = r"config.yaml: video_encoder_conf.checkpoint = 'ckpt/avhubert.pt'.*not a file"
+    with pytest.raises(FileNotFoundError, match=expected):
+        pack_model(exp / "config.yaml", exp / "model.pth", tmp_path / "m.tar", base_dir=r)
+    (r / "ckpt" / "avhubert.pt").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        pack_model(exp / "config.yaml", exp / "model.pth", tmp_path / "m.tar", base_dir=r)
+
+
+# Constructor arguments of the registered parts that take a string but name no local source.
+NOT_SOURCES = {
+    "fs", "relu_type", "modality", "modality_fuse", "resnet_relu_type", "attn_implementation", "dtype",
+    "input_layer", "positionwise_layer_type", "rel_pos_type", "pos_enc_layer_type", "selfattention_layer_type",
+    "activation_type", "rate_sampling", "text_case", "text_name", "speech_name", "video_name",
+    "noise",  # training-time noise: only the training loader reads it, a packed model decodes without it
+}
+
+
+def _takes_str(param) -> bool:
+    import typing
+
+    hint = param.annotation
+    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    return str in options or isinstance(param.default, str)
+
+
+def test_source_keys_cover_every_path_argument():
+    """Every string argument of every part the task can build is either a local source that
+    pack_model packs (SOURCE_KEYS) or listed above as something else."""
+    import inspect
+
+    from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+    from espnet_omni_avsr.utils.model_archive import SOURCE_KEYS
+
+    found = set()
+    for choices in AVSRLLMTask.class_choices_list:
+        for cls in choices.classes.values():
+            params = inspect.signature(cls.__init__).parameters.values()
+            found |= {p.name for p in params if p.name != "self" and _takes_str(p)}
+    assert found - NOT_SOURCES == set(SOURCE_KEYS), "a new string argument: add it to SOURCE_KEYS or NOT_SOURCES"
