@@ -6,7 +6,7 @@
         [--base_dir .] [--exclude_pretrained] [--force]
 
 The archive holds config.yaml (the values of model_dir, tokenizer_dir, checkpoint and
-token_ctc_vocab rewritten to pretrained/<name>), model.pth, meta.yaml and those pretrained folders
+token CTC vocab rewritten to pretrained/<name>), model.pth, meta.yaml and those pretrained folders
 and files, so that the frozen weights left out of model.pth come back from inside the archive;
 espnet_omni_avsr.bin.unpack_model extracts it. Layout and the list of keys (SOURCE_KEYS):
 espnet_omni_avsr/utils/model_archive.py. Exit status 0 on success, 1 on an error.

@@ -15,6 +15,7 @@ from espnet_omni_avsr.decoders.llm_output import LLMOutput
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer, special_tokens
 from espnet_omni_avsr.decoders.prompt import IGNORE_ID, Prompt
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
+from espnet_omni_avsr.utils.trainable import set_trainable
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,9 +61,9 @@ class HFCausalLMDecoder(torch.nn.Module):
             dtype=_DTYPES[dtype],
             attn_implementation=attn_implementation,
         )
-        mark_pretrained(llm)
-        if frozen:
-            llm.requires_grad_(False)
+        mark_pretrained(llm, source=model_dir)
+        if frozen:  # the weights only: the LLM follows train/eval mode, so LoRA dropout trains
+            set_trainable(llm, False, eval_parts=())
         if gradient_checkpointing:
             llm.gradient_checkpointing_enable()
             llm.config.use_cache = False

@@ -51,7 +51,7 @@ from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
-from espnet_omni_avsr.utils.trainable import set_trainable
+from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainable
 
 register_video_data_type()
 
@@ -303,6 +303,8 @@ class AVSRLLMTask(AbsTask):
         losses = build_loss_terms(getattr(args, "losses", None), parts)
         losses += adapter.loss_terms() if adapter is not None else []
         # 4. the model
-        return model_choices.get_class(args.model)(
+        model = model_choices.get_class(args.model)(
             decoder=decoder, audio=audio, video=video, losses=losses, **model_conf
         )
+        log_trainable_summary(model)
+        return model

@@ -93,10 +93,7 @@ def frozen_pretrained_keys(model: torch.nn.Module) -> Set[str]:
 
 
 def skip_frozen_pretrained_weights(model: torch.nn.Module) -> None:
-    """Install the state-dict hooks on `model` (call once, after freezing and adding adapters), and
-    log what the finished model trains (`trainable.log_trainable_summary`)."""
-    from espnet_omni_avsr.utils.trainable import log_trainable_summary  # trainable imports this module
-
+    """Install the state-dict hooks on `model` (call once, after freezing and adding adapters)."""
     skipped = frozen_pretrained_keys(model)
 
     def drop(module, state_dict, prefix, local_metadata):
@@ -111,4 +108,3 @@ def skip_frozen_pretrained_weights(model: torch.nn.Module) -> None:
     model._register_state_dict_hook(drop)
     model.register_load_state_dict_post_hook(allow_missing)
     model.frozen_pretrained_keys = skipped
-    log_trainable_summary(model)

@@ -12,7 +12,7 @@ Archive layout (``.tar``, or gzip-compressed for ``.tar.gz`` / ``.tgz``)::
 
 ``SOURCE_KEYS`` is the one list of the config keys whose values are local folders or files the
 model is built from: the pretrained folders (``model_dir``, ``tokenizer_dir``), the AV-HuBERT
-``checkpoint`` file and token CTC's vocabulary file (``token_ctc_vocab``). Frozen pretrained
+``checkpoint`` file and token CTC's vocabulary file (``vocab`` in its loss term's conf). Frozen pretrained
 weights are left out of model.pth (utils/frozen_weights.py) and rebuilt from these, so an archive
 needs them all to be self-contained. The model is not built to pack it (that would load the LLM);
 the config names every source the built model reports (``frozen_weights.pretrained_sources``).
@@ -51,7 +51,7 @@ SOURCE_KEYS: Dict[str, str] = {  # config key -> what its value names
     "model_dir": FOLDER,        # Hugging Face folders: the LLM, Whisper (front end and encoder)
     "tokenizer_dir": FOLDER,    # the preprocessor's LLM tokenizer
     "checkpoint": FILE,         # an AV-HuBERT checkpoint (video_encoder_conf)
-    "token_ctc_vocab": FILE,    # token CTC's vocabulary, a Kaldi text file (model_conf)
+    "vocab": FILE,              # token CTC's vocabulary, a Kaldi text file (losses: [{type: token_ctc, conf}])
 }
 PRETRAINED_KEYS = tuple(SOURCE_KEYS)
 ARCHIVE_PRETRAINED = "pretrained"

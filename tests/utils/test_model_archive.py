@@ -185,7 +185,7 @@ def file_recipe(tmp_path):
     config = {
         "decoder_conf": {"model_dir": "pretrained/tiny-llm"},
         "video_encoder_conf": {"checkpoint": "ckpt/avhubert.pt", "frozen": True},
-        "model_conf": {"token_ctc_vocab": str(vocab)},
+        "losses": [{"type": "token_ctc", "conf": {"modality": "audio", "vocab": str(vocab)}}],
         "experts": [{"checkpoint": str(other / "avhubert.pt")}, {"checkpoint": None}],
     }
     exp = r / "exp"
@@ -214,8 +214,8 @@ def test_files_are_packed_and_unpacked(file_recipe, tmp_path):
     cfg = yaml.safe_load(config_path.read_text())
     assert open(cfg["video_encoder_conf"]["checkpoint"], "rb").read() == b"checkpoint" * 100
     assert open(cfg["experts"][0]["checkpoint"], "rb").read() == b"other checkpoint"
-    assert open(cfg["model_conf"]["token_ctc_vocab"], "rb").read() == b"utt1 HELLO\n"
-    assert cfg["model_conf"]["token_ctc_vocab"] == str((tmp_path / "u").resolve() / "pretrained" / "text")
+    assert open(cfg["losses"][0]["conf"]["vocab"], "rb").read() == b"utt1 HELLO\n"
+    assert cfg["losses"][0]["conf"]["vocab"] == str((tmp_path / "u").resolve() / "pretrained" / "text")
 
 
 def test_files_without_pretrained(file_recipe, tmp_path):
@@ -228,7 +228,7 @@ def test_files_without_pretrained(file_recipe, tmp_path):
     assert yaml.safe_load(config_path.read_text())["video_encoder_conf"]["checkpoint"] == str(store / "avhubert.pt")
     (store / "text").unlink()
     (store / "text").mkdir()  # a folder where the vocabulary file should be
-    with pytest.raises(ArchiveError, match="model_conf.token_ctc_vocab"):
+    with pytest.raises(ArchiveError, match=r"losses.0.conf.vocab"):
         unpack_model(out, tmp_path / "u2", pretrained_dir=store)
 
 
@@ -248,6 +248,7 @@ NOT_SOURCES = {
     "fs", "relu_type", "modality", "modality_fuse", "resnet_relu_type", "attn_implementation", "dtype",
     "input_layer", "positionwise_layer_type", "rel_pos_type", "pos_enc_layer_type", "selfattention_layer_type",
     "activation_type", "rate_sampling", "text_case", "text_name", "speech_name", "video_name",
+    "name", "key",  # loss terms' statistics names
     "noise",  # training-time noise: only the training loader reads it, a packed model decodes without it
 }
 
@@ -265,12 +266,13 @@ def test_source_keys_cover_every_path_argument():
     pack_model packs (SOURCE_KEYS) or listed above as something else."""
     import inspect
 
-    from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+    from espnet_omni_avsr.tasks.avsr_llm_task import LOSS_TERMS, AVSRLLMTask
     from espnet_omni_avsr.utils.model_archive import SOURCE_KEYS
 
     found = set()
-    for choices in AVSRLLMTask.class_choices_list:
-        for cls in choices.classes.values():
-            params = inspect.signature(cls.__init__).parameters.values()
-            found |= {p.name for p in params if p.name != "self" and _takes_str(p)}
+    constructors = [cls.__init__ for choices in AVSRLLMTask.class_choices_list for cls in choices.classes.values()]
+    constructors += [f for cls in LOSS_TERMS.values() for f in (cls.__init__, cls.build)]  # build reads the conf
+    for f in constructors:
+        params = inspect.signature(f).parameters.values()
+        found |= {p.name for p in params if p.name not in ("self", "cls") and _takes_str(p)}
     assert found - NOT_SOURCES == set(SOURCE_KEYS), "a new string argument: add it to SOURCE_KEYS or NOT_SOURCES"
