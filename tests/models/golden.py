@@ -109,20 +109,10 @@ def tiny_config(name: str, overrides: dict, dirs: dict) -> dict:
 
 
 def make_batch(tokenizer) -> dict:
-    g = torch.Generator().manual_seed(0)
-    secs = [1.0, 0.6]
-    speech = [torch.randn(int(s * 16000), generator=g) * 0.1 for s in secs]
-    video = [torch.randint(0, 256, (int(s * 25), 96, 96), generator=g, dtype=torch.uint8) for s in secs]
-    ids = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS]
-    pad = torch.nn.utils.rnn.pad_sequence
-    return dict(
-        speech=pad(speech, batch_first=True),
-        speech_lengths=torch.tensor([len(x) for x in speech]),
-        video=pad(video, batch_first=True),
-        video_lengths=torch.tensor([len(x) for x in video]),
-        text=pad(ids, batch_first=True, padding_value=-1),
-        text_lengths=torch.tensor([len(x) for x in ids]),
-    )
+    """Two utterances (1.0 s and 0.6 s: random audio and video, the first two TEXTS)."""
+    from tests.models.test_avsr_llm_model import make_batch as batch_of
+
+    return batch_of(tokenizer, n=2, seed=0)
 
 
 def _floats(stats: dict) -> dict:

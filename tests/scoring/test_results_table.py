@@ -124,3 +124,16 @@ def test_paper_layout_rows_models_columns_task_rates(tmp_path):
     assert "| model | ASR@4 | ASR@16 | VSR@5 | AVSR(4,2) |" in md  # tasks in paper order, rates ascending
     assert "| omni_s | 3.00 (12.5) | 5.50 (3.1) | 40.00 (5.0) | 2.75 (25.0) |" in md
     assert "| omni_t | 3.50 (12.5) | - | - | - |" in md
+
+
+def test_hand_written_sections_survive_a_rewrite(tmp_path):
+    from espnet_omni_avsr.scoring.results_table import HAND_WRITTEN
+
+    exp, out = _fake_exp(tmp_path), tmp_path / "RESULTS.md"
+    out.write_text(f"old generated table\n\n{HAND_WRITTEN}\n\n## Earlier runs\n| run | WER |\n")
+    write_results(exp, out, plot=False)
+    md = out.read_text()
+    assert "old generated table" not in md and "| avsr_small | greedy | asr |" in md
+    assert md.endswith(f"{HAND_WRITTEN}\n\n## Earlier runs\n| run | WER |\n")
+    write_results(exp, out, plot=False)  # idempotent: the tail is not repeated
+    assert out.read_text() == md
