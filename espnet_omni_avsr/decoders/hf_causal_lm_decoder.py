@@ -115,6 +115,11 @@ class HFCausalLMDecoder(torch.nn.Module):
             out = torch.where(hit, special[k], out)
         return out
 
+    @property
+    def num_layers(self) -> int:
+        """The LLM's number of transformer layers."""
+        return self.base_model.config.num_hidden_layers
+
     def output_embeddings(self) -> torch.Tensor:
         """The LM head's weight (V, D): the frozen output embedding table."""
         return self.base_model.get_output_embeddings().weight

@@ -44,6 +44,7 @@ from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, ModelParts
 from espnet_omni_avsr.losses.av_distill import AudioToVideoDistill
 from espnet_omni_avsr.losses.char_ctc import CharCTC
 from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
+from espnet_omni_avsr.losses.sink_decorrelation import SinkDecorrelation
 from espnet_omni_avsr.losses.token_ctc import TokenCTC
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
@@ -98,7 +99,11 @@ preprocessor_choices = ClassChoices(
     name="preprocessor", classes=dict(avsr=AVSRPreprocessor), type_check=AbsPreprocessor, default="avsr"
 )
 LOSS_TERMS = dict(
-    llm_cross_entropy=LLMCrossEntropy, char_ctc=CharCTC, token_ctc=TokenCTC, av_distill=AudioToVideoDistill
+    llm_cross_entropy=LLMCrossEntropy,
+    char_ctc=CharCTC,
+    token_ctc=TokenCTC,
+    av_distill=AudioToVideoDistill,
+    sink_decorrelation=SinkDecorrelation,
 )
 DEFAULT_LOSSES = [dict(type="llm_cross_entropy")]
 
@@ -130,7 +135,7 @@ def refuse_renamed_keys(args: argparse.Namespace) -> None:
 
 def build_loss_terms(specs: Optional[Sequence[dict]], parts: ModelParts) -> List[AbsLossTerm]:
     """The config's `losses:` list -> loss terms, in order. Each entry: `type` (a LOSS_TERMS name),
-    optional `weight` (default 1), `name` (statistics name; default from the type and conf) and `conf`."""
+    optional `weight` (default: the term's, 1 for most), `name` (statistics name; default from the type and conf) and `conf`."""
     terms = []
     for i, spec in enumerate(DEFAULT_LOSSES if specs is None else specs):
         if not isinstance(spec, dict) or "type" not in spec:
@@ -140,11 +145,8 @@ def build_loss_terms(specs: Optional[Sequence[dict]], parts: ModelParts) -> List
             raise ValueError(f"losses[{i}] ({spec['type']}): unknown keys {sorted(unknown)}; use type, weight, name, conf")
         if spec["type"] not in LOSS_TERMS:
             raise ValueError(f"losses[{i}]: unknown type {spec['type']!r}; registered: {sorted(LOSS_TERMS)}")
-        terms.append(
-            LOSS_TERMS[spec["type"]].build(
-                parts, name=spec.get("name"), weight=spec.get("weight", 1.0), **(spec.get("conf") or {})
-            )
-        )
+        weight = {"weight": spec["weight"]} if "weight" in spec else {}  # else the term's own default
+        terms.append(LOSS_TERMS[spec["type"]].build(parts, name=spec.get("name"), **weight, **(spec.get("conf") or {})))
     return terms
 
 
