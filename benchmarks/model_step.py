@@ -71,7 +71,8 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set, a.overlay)
-    model.batched_tasks = not a.separate_task_passes
+    if a.separate_task_passes:  # else the config's batched_tasks
+        model.batched_tasks = False
     tok = model.decoder.tokenizer
     b, s = a.batch_size, a.seconds
     text = [torch.tensor(tok("bin blue at f two now", add_special_tokens=False)["input_ids"])] * b

@@ -1,4 +1,10 @@
-"""Interface of a token compressor: shortens an encoder's output sequence by an integer rate."""
+"""Interface of a token compressor: shortens an encoder's output sequence into LLM tokens.
+
+The contract is tokens and their lengths: `forward(xs, lengths) -> (tokens (B, T', D'), lengths (B,))`.
+Nothing downstream derives a token count from the configuration; the prompt, the statistics and the
+tokens-per-second figures use the lengths returned. A branch keys its compressors by a condition name
+(`ModalityBranch`): the fixed-rate compressors here are named by their rate.
+"""
 from abc import ABC, abstractmethod
 from typing import Tuple
 
@@ -8,12 +14,11 @@ import torch
 class AbsCompressor(torch.nn.Module, ABC):
     """Compresses (B, T, D) encoder frames to (B, T', D') tokens.
 
-    Every compressor uses the same length rule: T' = ceil(T / rate) for each utterance; a last,
-    partial window is built from the valid frames only, so an utterance gives the same tokens alone
-    and inside a padded batch.
+    A compressor must give an utterance the same tokens alone and inside a padded batch. The
+    fixed-rate ones (avg_pool, stack) use T' = ceil(T / rate) per utterance, a last partial window
+    built from the valid frames only; a compressor whose count follows something else (a query
+    budget per second of speech) returns its own lengths.
     """
-
-    rate: int
 
     @abstractmethod
     def output_size(self) -> int:
