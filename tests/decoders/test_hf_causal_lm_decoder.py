@@ -3,7 +3,7 @@ import torch
 
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.adapters.lora import SharedLoRA
-from espnet_omni_avsr.decoders.prompt import IGNORE_ID, PromptLayout, TokenType
+from espnet_omni_avsr.decoders.prompt import PromptLayout
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
