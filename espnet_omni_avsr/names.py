@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import numbers
 import os
 import posixpath
@@ -120,6 +121,11 @@ def _check_distinct(modalities: Mapping[str, Modality]) -> None:
 _check_distinct(MODALITIES)
 
 TASK_MODALITIES: Dict[str, Tuple[str, ...]] = {t.name: t.modalities for t in TASKS.values()}
+
+
+def modalities_of(tasks: Iterable[str]) -> List[str]:
+    """The modalities that any of `tasks` reads, sorted (unknown task names are skipped)."""
+    return sorted({m for t in tasks if t in TASK_MODALITIES for m in TASK_MODALITIES[t]})
 DEFAULT_INSTRUCTIONS: Dict[str, str] = {t.name: t.instruction for t in TASKS.values()}
 
 
@@ -296,8 +302,8 @@ def find_decode_dirs(exp_dir: str, inference_tag: str) -> List[Tuple[str, Decode
     for path in sorted(p for p in glob.glob(pattern) if os.path.isdir(p)):
         try:
             out.append((path, parse_decode_dir(path)))
-        except ValueError:
-            continue  # e.g. snr_<not a number>: not ours
+        except ValueError as e:  # e.g. snr_<not a number>: not a decoding directory of ours
+            logging.warning(f"skipping {path}: {e}")
     return out
 
 

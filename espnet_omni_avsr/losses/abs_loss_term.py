@@ -33,9 +33,9 @@ class ModelParts:
     @property
     def modalities(self) -> Tuple[str, ...]:
         """The modalities the tasks use, sorted."""
-        from espnet_omni_avsr.names import TASK_MODALITIES
+        from espnet_omni_avsr.names import modalities_of
 
-        return tuple(sorted({m for t in self.tasks if t in TASK_MODALITIES for m in TASK_MODALITIES[t]}))
+        return tuple(modalities_of(self.tasks))
 
     def require(self, term: str, *modalities: str) -> None:
         """A clear error when a term needs a modality that no task of the model uses."""

@@ -45,13 +45,19 @@ def anchor_positions(token_types: torch.Tensor) -> torch.Tensor:
     return prefix.float().argmax(1)
 
 
-def cos2_sums(hidden: torch.Tensor, token_types: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For one layer's (B, N, D) hidden states: (sum over rows and prefix positions t != anchor of
-    cos^2(h_anchor, h_t), number of such positions)."""
+def compared_positions(token_types: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(anchor index (B,), (B, N) bool of the prefix positions other than the anchor): the same for
+    every layer of a pass."""
     prefix = prefix_mask(token_types)
     anchor = anchor_positions(token_types)
+    prefix[torch.arange(token_types.size(0), device=token_types.device), anchor] = False
+    return anchor, prefix
+
+
+def cos2_sums(hidden: torch.Tensor, anchor: torch.Tensor, prefix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For one layer's (B, N, D) hidden states: (sum over rows and the `prefix` positions of
+    cos^2(h_anchor, h_t), number of such positions)."""
     rows = torch.arange(hidden.size(0), device=hidden.device)
-    prefix[rows, anchor] = False
     h = hidden.float()
     cos = torch.nn.functional.cosine_similarity(h, h[rows, anchor][:, None, :], dim=-1, eps=1e-6)  # (B, N)
     return (cos.pow(2) * prefix).sum(), prefix.sum()
@@ -92,7 +98,8 @@ class SinkDecorrelation(AbsLossTerm):
         return self._mean([self._sums(hidden_states, token_types)])
 
     def _sums(self, hidden_states, token_types):
-        return [cos2_sums(hidden_states[i], token_types) for i in self.layer_range(len(hidden_states))]
+        anchor, prefix = compared_positions(token_types)
+        return [cos2_sums(hidden_states[i], anchor, prefix) for i in self.layer_range(len(hidden_states))]
 
     @staticmethod
     def _mean(per_pass) -> torch.Tensor:

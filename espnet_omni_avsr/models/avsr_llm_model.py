@@ -10,13 +10,13 @@ import torch
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
-from espnet_omni_avsr.decoders.prompt import TASK_MODALITIES, Prompt, PromptLayout
+from espnet_omni_avsr.decoders.prompt import Prompt, PromptLayout
 from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm
 from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.models.step_record import LLMPass, StepRecord
 from espnet_omni_avsr.models.task_schedule import TaskSchedule
-from espnet_omni_avsr.names import MODALITIES
+from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES, modalities_of
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 
 Tokens = Tuple[torch.Tensor, torch.Tensor]  # (B, T, D_llm), (B,)
@@ -58,7 +58,7 @@ class AVSRLLMModel(AbsESPnetModel):
         self.audio = audio
         self.video = video
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        for m in sorted({m for t in tasks if t in TASK_MODALITIES for m in TASK_MODALITIES[t]}):
+        for m in modalities_of(tasks):
             if getattr(self, m) is None:
                 raise ValueError(
                     f"task(s) {tasks} need a {m} branch, but the config builds none "
@@ -74,8 +74,6 @@ class AVSRLLMModel(AbsESPnetModel):
         if not terms or len(set(names)) != len(names):
             raise ValueError(f"losses: give at least one loss term, each with its own name; got {names}")
         self.losses = torch.nn.ModuleDict({t.name: t for t in terms})
-        self._llm_outputs = {o for t in terms for o in t.llm_outputs}
-        self._uses_llm = any(t.uses_llm for t in terms)
         if not save_frozen_pretrained:
             skip_frozen_pretrained_weights(self)
 
@@ -101,7 +99,7 @@ class AVSRLLMModel(AbsESPnetModel):
     def encode(self, tasks: Sequence[str], batch: Mapping[str, torch.Tensor]) -> Dict[str, Tokens]:
         """Run the front end and encoder of each modality the tasks need, once."""
         out = {}
-        for m in sorted({m for t in tasks for m in TASK_MODALITIES[t]}):
+        for m in modalities_of(tasks):
             spec = MODALITIES[m]
             if batch.get(spec.data_name) is None:
                 raise ValueError(
@@ -146,7 +144,7 @@ class AVSRLLMModel(AbsESPnetModel):
             decoder=self.decoder,
             task_weights=self.schedule.task_weights,
         )
-        if self._uses_llm:
+        if any(t.uses_llm for t in self.losses.values()):
             self.run_llm(step)
         stats: Dict[str, torch.Tensor] = {}
         loss = None
@@ -163,6 +161,7 @@ class AVSRLLMModel(AbsESPnetModel):
         """The step's jobs through the LLM: one pass per group (`batched_tasks`, the adapter's
         grouping), prompts of a group stacked along the batch; fills `step.jobs` and `step.llm_passes`."""
         step.jobs = self.schedule.jobs(self.training)
+        wanted = {o for t in self.losses.values() for o in t.llm_outputs}
         if self.batched_tasks:
             groups = self.decoder.pass_groups([j.task for j in step.jobs])
         else:
@@ -183,8 +182,8 @@ class AVSRLLMModel(AbsESPnetModel):
             ])
             output = self.decoder(
                 prompt,
-                output_hidden_states="hidden_states" in self._llm_outputs,
-                output_attentions="attentions" in self._llm_outputs,
+                output_hidden_states="hidden_states" in wanted,
+                output_attentions="attentions" in wanted,
             )
             step.llm_passes.append(LLMPass(jobs, prompt, output))
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 
 from espnet_omni_avsr.models.step_record import Job
-from espnet_omni_avsr.names import TASK_MODALITIES
+from espnet_omni_avsr.names import TASK_MODALITIES, modalities_of
 
 RATE_SAMPLING = ("one_pair", "all_pairs")
 
@@ -49,7 +49,7 @@ class TaskSchedule:
     @property
     def modalities(self) -> List[str]:
         """The modalities the tasks use, sorted."""
-        return sorted({m for t in self.tasks for m in TASK_MODALITIES[t]})
+        return modalities_of(self.tasks)
 
     def jobs(self, training: bool) -> List[Job]:
         """This step's (task, conditions) sequences, tasks in configuration order."""
