@@ -484,12 +484,10 @@ def _run(args) -> List[str]:
     if args.command == "decode-dir":
         return [decode_dir(args.exp_dir, args.inference_tag, args.test_set, args.label, args.snr)]
     if args.command == "decode-jobs":
-        import yaml
-
+        from espnet_omni_avsr.utils.config_stack import load_config
         from espnet_omni_avsr.utils.rates import conditions
 
-        with open(args.config) as f:
-            config = yaml.safe_load(f)
+        config = load_config(args.config)
         snrs = [parse_snr(s) for s in args.snrs.split()]
         rows = decode_jobs(conditions(config, args.tasks.split() or None), args.test_sets.split(), snrs,
                            args.dump_dir, args.exp_dir, args.inference_tag)

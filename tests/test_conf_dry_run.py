@@ -8,7 +8,9 @@ import soundfile
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_CONFIGS = sorted(p for p in glob.glob(f"{ROOT}/conf/**/*.yaml", recursive=True) if "/decode/" not in p)
+# conf/overlays/: a few keys to stack on any train config (e.g. float32), not configs of their own
+TRAIN_CONFIGS = sorted(p for p in glob.glob(f"{ROOT}/conf/**/*.yaml", recursive=True)
+                       if "/decode/" not in p and "/overlays/" not in p)
 DECODE_CONFIGS = sorted(glob.glob(f"{ROOT}/conf/decode/*.yaml"))
 
 
@@ -20,13 +22,11 @@ def test_there_are_configs():
 def test_train_config_builds(path, tmp_path, tiny_llm_dir, tiny_whisper_dir, tiny_avhubert_checkpoint):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
-    from espnet_omni_avsr.utils.config_stack import merge
+    from espnet_omni_avsr.utils.config_stack import load_config, merge
 
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    config = load_config(path)
     if path.endswith("_warmup.yaml"):  # an overlay: stacked on the config it warms up
-        with open(path.replace("_warmup.yaml", ".yaml")) as f:
-            config = merge(yaml.safe_load(f), config)
+        config = merge(load_config(path.replace("_warmup.yaml", ".yaml")), config)
         for spec in config["losses"]:
             if (spec.get("conf") or {}).get("vocab"):
                 text = tmp_path / "text"
@@ -60,3 +60,17 @@ def test_decode_config_parses(path):
          "--data_path_and_name_and_type", "wav.scp,speech,sound"]
     )
     assert args.beam_size >= 1 and args.max_new_tokens > 0
+
+
+OVERLAYS = sorted(glob.glob(f"{ROOT}/conf/overlays/*.yaml"))
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=os.path.basename)
+def test_overlay_keys_are_train_options(path):
+    """An overlay stacks on any train config: its keys are options of avsr_train."""
+    from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+    from espnet_omni_avsr.utils.config_stack import load_config
+
+    known = {a.dest for a in AVSRLLMTask.get_parser()._actions}
+    config = load_config(path)
+    assert config and set(config) <= known, sorted(set(config) - known)

@@ -4,6 +4,11 @@ ESPnet's parser reads one `--config`. A run often is a base config plus a small 
 recipe's warm-up: other losses, epochs and learning rate on the same model), so `avsr_train` merges
 them first: mappings are merged key by key (recursively), anything else (lists included) is replaced.
 The merged file is what ESPnet then reads, and it writes the resolved config to the output dir as usual.
+
+A config may also name the file it varies: `base_config: ../omni_avsr/multitask_small.yaml` (a path
+relative to the config's own folder) loads that file first and merges the rest of this one on top
+(recursively: a base may have a base). `conf/sinks/` holds such configs: one loss term added to a
+config, without a copy of its hundred lines. `load_config` is the one reader every tool uses.
 """
 import atexit
 import os
@@ -24,6 +29,26 @@ def merge(base: Mapping, overlay: Mapping) -> dict:
     return out
 
 
+BASE_KEY = "base_config"
+
+
+def load_config(path: str, _seen: Sequence[str] = ()) -> dict:
+    """A config file with its `base_config` chain resolved (the key itself removed)."""
+    d = _load(path)
+    base = d.pop(BASE_KEY, None)
+    if base is None:
+        return d
+    if not isinstance(base, str):
+        raise SystemExit(f"--config {path}: {BASE_KEY} must be a path, got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base))
+    seen = [*_seen, os.path.abspath(path)]
+    if base_path in seen:
+        raise SystemExit(f"--config {path}: {BASE_KEY} chain loops back to {base_path}")
+    if not os.path.isfile(base_path):
+        raise SystemExit(f"--config {path}: {BASE_KEY} {base!r} does not exist ({base_path})")
+    return merge(load_config(base_path, seen), d)
+
+
 def _load(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -41,7 +66,7 @@ def _load(path: str) -> dict:
 
 def stack_configs(argv: Sequence[str]) -> List[str]:
     """argv with every `--config X` (or `--config=X`) replaced by one merged temporary file, when
-    there are several; unchanged otherwise."""
+    there are several or one has a `base_config`; unchanged otherwise."""
     paths, rest, i = [], [], 0
     argv = list(argv)
     while i < len(argv):
@@ -55,11 +80,11 @@ def stack_configs(argv: Sequence[str]) -> List[str]:
         else:
             rest.append(a)
         i += 1
-    if len(paths) < 2:
+    if len(paths) < 2 and not (paths and BASE_KEY in _load(paths[0])):
         return argv
     merged: dict = {}
     for p in paths:
-        merged = merge(merged, _load(p))
+        merged = merge(merged, load_config(p))
     fd, path = tempfile.mkstemp(prefix="avsr_config_", suffix=".yaml")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(f"# merged from: {' '.join(paths)}\n")

@@ -44,14 +44,13 @@ def conditions(config: Mapping, tasks: Optional[Sequence[str]] = None) -> List[D
 
 
 def main(argv=None):
-    import yaml
+    from espnet_omni_avsr.utils.config_stack import load_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--tasks", default="", help="space-separated; default: the config's tasks")
     a = p.parse_args(argv)
-    with open(a.config) as f:
-        config = yaml.safe_load(f)
+    config = load_config(a.config)
     for c in conditions(config, a.tasks.split() or None):
         print("\t".join([c["task"], c["label"]] + condition_columns(c["rates"])))
 

@@ -32,3 +32,31 @@ def test_bad_config_files_are_named(tmp_path):
         stack_configs(["--config", str(good), "--config", str(bad)])
     with pytest.raises(SystemExit, match="missing.yaml: cannot read"):
         stack_configs(["--config", str(good), "--config", str(tmp_path / "missing.yaml")])
+
+
+def test_base_config_is_loaded_first_relative_to_the_file(tmp_path):
+    from espnet_omni_avsr.utils.config_stack import load_config
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "a.yaml").write_text("max_epoch: 1\noptim_conf: {lr: 0.001, weight_decay: 0.1}\n"
+                                              "losses: [{type: x}]\n")
+    (tmp_path / "v" ).mkdir()
+    (tmp_path / "v" / "b.yaml").write_text("base_config: ../base/a.yaml\noptim_conf: {lr: 0.002}\n")
+    (tmp_path / "v" / "c.yaml").write_text("base_config: b.yaml\nlosses: [{type: y}]\n")
+    expected = {"max_epoch": 1, "optim_conf": {"lr": 0.002, "weight_decay": 0.1}, "losses": [{"type": "y"}]}
+    assert load_config(str(tmp_path / "v" / "c.yaml")) == expected
+    argv = stack_configs(["--config", str(tmp_path / "v" / "c.yaml")])  # one config with a base: resolved
+    with open(argv[1]) as f:
+        assert yaml.safe_load(f) == expected
+
+
+def test_base_config_errors_name_the_file(tmp_path):
+    from espnet_omni_avsr.utils.config_stack import load_config
+
+    (tmp_path / "a.yaml").write_text("base_config: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base_config: a.yaml\n")
+    with pytest.raises(SystemExit, match="loops back"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base_config: nothere.yaml\n")
+    with pytest.raises(SystemExit, match="c.yaml: base_config 'nothere.yaml' does not exist"):
+        load_config(str(tmp_path / "c.yaml"))

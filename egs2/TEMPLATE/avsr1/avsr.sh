@@ -33,11 +33,14 @@ warmup_config=            # stage 8: when set, a warm-up run goes first (exp/<ta
                           #   train_config (its losses, epochs, learning rate), e.g. a lip-encoder warm-up
                           #   without the LLM: conf/omni_avsr/multitask_small_warmup.yaml
 warmup_args=              # extra avsr_train options of the warm-up run (also starts one without warmup_config)
-warmup_init=video         # module prefixes the main run loads from the warm-up's best model (--init_param)
+warmup_init=video         # module prefixes the main run loads from the warm-up's best model (--init_param);
+                          #   src=dst loads src into another module, e.g. audio.projectors.4=audio.projectors.16
+warmup_from=              # stage 8: take the warm-up from this finished run dir (e.g. exp/<other tag>/warmup)
+                          #   instead of training one: models that vary only what the warm-up does not train
 inference_args=           # extra avsr_inference options
 _options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs noise_dir decode_tasks
 local_data_opts video_mode min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
-model_tag inference_tag train_args warmup_config warmup_args warmup_init inference_args"
+model_tag inference_tag train_args warmup_config warmup_args warmup_init warmup_from inference_args"
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/parse_options.sh"
 . ./path.sh
 
@@ -48,7 +51,7 @@ exp="${expdir}/${model_tag}"
 logdir="${expdir}/logs"; mkdir -p "${logdir}"
 all_sets="${train_set} ${valid_set} ${test_sets}"
 if [ -z "${decode_tasks}" ]; then
-    decode_tasks=$(python -c "import yaml,sys; print(' '.join(yaml.safe_load(open(sys.argv[1]))['model_conf']['tasks']))" "${train_config}")
+    decode_tasks=$(python -c "import sys; from espnet_omni_avsr.utils.config_stack import load_config; print(' '.join(load_config(sys.argv[1])['model_conf']['tasks']))" "${train_config}")
 fi
 
 # run_stage N "what" command...: logs to expdir/logs/stageN.log; a failure names the command and log.
@@ -100,19 +103,28 @@ stage7() {
         $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
         --train_shape_file "${dumpdir}/${train_set}/${scp}" --valid_shape_file "${dumpdir}/${valid_set}/${scp}"; }
 stage8() {
-    local init=() best k shape
+    local init=() best k shape warm="${exp}/warmup"
     shape="$(names modality audio data_name)_shape"
     mkdir -p "${exp}"
-    if [ -n "${warmup_config}" ] || [ -n "${warmup_args}" ]; then
-        mkdir -p "${exp}/warmup"
+    if [ -n "${warmup_from}" ]; then
+        warm="${warmup_from}"
+        [ -e "${warm}/valid.loss.best.pth" ] || [ -e "${warm}/latest.pth" ] || {
+            echo "--warmup_from ${warm}: no valid.loss.best.pth or latest.pth there (is that warm-up finished?)" >&2
+            return 1; }
+    elif [ -n "${warmup_config}" ] || [ -n "${warmup_args}" ]; then
+        mkdir -p "${warm}"
         # shellcheck disable=SC2046,SC2086
         python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" ${warmup_config:+--config "${warmup_config}"} \
             --ngpu "${ngpu}" --resume true \
-            --output_dir "${exp}/warmup" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
+            --output_dir "${warm}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
             --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
-            ${train_args} ${warmup_args} 2>&1 | tee "${exp}/warmup/train.log"
-        best="${exp}/warmup/valid.loss.best.pth"; [ -e "${best}" ] || best="${exp}/warmup/latest.pth"
-        for k in ${warmup_init}; do init+=("${best}:${k}:${k}"); done
+            ${train_args} ${warmup_args} 2>&1 | tee "${warm}/train.log"
+    else
+        warm=
+    fi
+    if [ -n "${warm}" ]; then
+        best="${warm}/valid.loss.best.pth"; [ -e "${best}" ] || best="${warm}/latest.pth"
+        for k in ${warmup_init}; do init+=("${best}:${k%%=*}:${k#*=}"); done
         echo "main run starts from the warm-up's ${warmup_init} weights in ${best}"
     fi
     # shellcheck disable=SC2046,SC2086
