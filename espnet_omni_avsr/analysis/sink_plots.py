@@ -50,7 +50,7 @@ def attention_map(row: RowAnalysis, path: Path, title: str) -> None:
     from matplotlib.colors import LogNorm
 
     received = row.received.clamp_min(1e-4).numpy()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.06 * received.shape[1] + 3), 0.35 * received.shape[0] + 2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.06 * received.shape[1] + 3), 0.2 * received.shape[0] + 2))
     im = ax.imshow(received, aspect="auto", origin="lower", cmap="magma", norm=LogNorm(vmin=1e-4, vmax=1.0))
     for layer, positions in enumerate(row.sinks):
         ax.scatter(positions, [layer] * len(positions), marker="o", s=14, facecolors="none", edgecolors="cyan")

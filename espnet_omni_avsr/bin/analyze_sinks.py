@@ -160,6 +160,18 @@ def write_condition(run: ConditionRun, out_dir: Path) -> dict:
     return summary
 
 
+def ranges(numbers: List[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> "1-3, 5, 7-8"."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
+
+
 def markdown(summaries: List[dict], rule: SinkRule, args) -> str:
     lines = [
         f"# Attention sinks and massive activations: {args.model} on {args.data}",
@@ -177,7 +189,7 @@ def markdown(summaries: List[dict], rule: SinkRule, args) -> str:
         rows = max(s["rows"], 1)
         bos = sum(d["bos_sink_fraction"] for d in s["layers"]) / max(len(s["layers"]), 1)
         types = ", ".join(f"{k} {v}" for k, v in sorted(s["intermediate_sinks_by_type"].items(), key=lambda kv: -kv[1]))
-        layers = ", ".join(map(str, s["layers_with_intermediate_sinks"])) or "-"
+        layers = ranges(s["layers_with_intermediate_sinks"]) or "-"
         feats = ", ".join(map(str, s["massive_features"][:6])) or "-"
         lines.append(f"| {s['label']} | {bos:.2f} | {s['intermediate_sinks_per_row']:.2f} | {types or '-'} | "
                      f"{layers} | {s['massive_activations'] / rows:.1f} | {feats} |")

@@ -12,6 +12,8 @@ loss terms, front ends) is the config's own. For each case, on a fixed batch of 
 
 Regenerate (only when a change of behaviour is intended, and say so in the commit):
     tools/venv/bin/python -m tests.models.golden --write
+Pin new cases (a new config) without recomputing the others:
+    tools/venv/bin/python -m tests.models.golden --add sinks/multitask_small_sink
 """
 import argparse
 import copy
@@ -22,11 +24,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = Path(__file__).with_name("golden_values.json")
-CONF_DIRS = ("debug", "llama_avsr", "omni_avsr")
+CONF_DIRS = ("debug", "llama_avsr", "omni_avsr", "sinks")
 TEXTS = ["bin blue at f two now", "lay green by a nine again"]
 
 
@@ -41,8 +42,9 @@ def _set(config: dict, dotted: str, value) -> None:
 
 
 def _load(name: str) -> dict:
-    with open(ROOT / "conf" / f"{name}.yaml") as f:
-        return yaml.safe_load(f)
+    from espnet_omni_avsr.utils.config_stack import load_config
+
+    return load_config(str(ROOT / "conf" / f"{name}.yaml"))
 
 
 def variants() -> Dict[str, tuple]:
@@ -203,9 +205,22 @@ def compute_all(dirs: dict, names: Optional[List[str]] = None) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true", help=f"write {VALUES.name} (else print)")
+    p.add_argument("--add", nargs="+", default=None, metavar="CASE",
+                   help=f"compute only these new cases and add them to {VALUES.name}")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    if a.add:
+        values = json.loads(VALUES.read_text())
+        unknown = sorted(set(a.add) - set(variants()))
+        present = sorted(set(a.add) & set(values))
+        if unknown or present:
+            raise SystemExit(f"--add: unknown cases {unknown}, already pinned {present} (use --write to re-pin all)")
+        with tempfile.TemporaryDirectory() as tmp:
+            values.update(compute_all(tiny_dirs(tmp), a.add))
+        VALUES.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+        print(f"added {len(a.add)} cases to {VALUES}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         values = compute_all(tiny_dirs(tmp))
     text = json.dumps(values, indent=1, sort_keys=True) + "\n"
