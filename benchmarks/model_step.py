@@ -23,10 +23,9 @@ import yaml
 
 def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None, overrides=(), overlay=None):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
-    from espnet_omni_avsr.utils.config_stack import merge
+    from espnet_omni_avsr.utils.config_stack import load_config, merge
 
-    with open(config_path) as f:
-        config = yaml.safe_load(f)
+    config = load_config(config_path)
     if overlay:
         with open(overlay) as f:
             config = merge(config, yaml.safe_load(f))

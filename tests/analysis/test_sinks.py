@@ -1,9 +1,7 @@
 """The sink / massive-activation measurements on hand-built tensors, and the analysis tool on a tiny
 model whose attention is forced onto one intermediate position and whose residual stream carries a
 planted massive feature."""
-import argparse
 import json
-import os
 
 import pytest
 import torch
@@ -92,6 +90,24 @@ def test_cosine_to_bos_is_split_by_the_next_layers_sinks():
 PLANTED, FEATURE = 2, 3  # VSR prompt: [BOS] <video> v0 ...: position 2 is the first video token
 
 
+def _tiny_qwen2(out_dir) -> str:
+    """A 2-layer random Qwen2 whose tokenizer has no BOS (as Qwen2.5's)."""
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from espnet_omni_avsr.pretrained.tiny_random import build_tiny_tokenizer
+
+    build_tiny_tokenizer(str(out_dir))
+    tok = PreTrainedTokenizerFast.from_pretrained(str(out_dir))
+    tok.bos_token = None
+    tok.save_pretrained(str(out_dir))
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(str(out_dir))
+    return str(out_dir)
+
+
 def _exp_dir(tmp_path, llm_dir, whisper_dir):
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
@@ -109,25 +125,38 @@ def _exp_dir(tmp_path, llm_dir, whisper_dir):
     return exp
 
 
-def _plant(monkeypatch):
-    """Force every layer's attention onto PLANTED and add a massive feature to layer 1's output."""
+def _plant(monkeypatch, modeling=None, position=PLANTED):
+    """Force every layer's attention onto `position` and add a massive feature to layer 1's output."""
     import transformers.models.llama.modeling_llama as llama
 
-    eager = llama.eager_attention_forward
+    modeling = modeling or llama
+    eager = modeling.eager_attention_forward
 
     def forced_attention(module, query, key, value, attention_mask, *args, **kwargs):
         bias = torch.zeros_like(attention_mask)
-        bias[..., PLANTED] = 30.0
+        bias[..., position] = 30.0
         return eager(module, query, key, value, attention_mask + bias * (attention_mask > -1), *args, **kwargs)
 
-    monkeypatch.setattr(llama, "eager_attention_forward", forced_attention)
+    monkeypatch.setattr(modeling, "eager_attention_forward", forced_attention)
 
     def massive(module, inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        hidden[:, PLANTED, FEATURE] += 5000.0
+        hidden[:, position, FEATURE] += 5000.0
         return output
 
     return massive
+
+
+def _hook_first_layer(monkeypatch, hook):
+    from espnet_omni_avsr.recognizer import AVSRRecognizer
+
+    real_init = AVSRRecognizer.__init__
+
+    def init_and_hook(self, *a, **k):
+        real_init(self, *a, **k)
+        self.model.decoder.base_model.model.layers[0].register_forward_hook(hook)
+
+    monkeypatch.setattr(AVSRRecognizer, "__init__", init_and_hook)
 
 
 def _analyze(exp, data, out, **extra):
@@ -148,16 +177,7 @@ def test_the_tool_finds_a_planted_sink_and_massive_activation(tmp_path, monkeypa
     (clean,) = _analyze(exp, data, tmp_path / "clean")
     at_planted = sum(d["intermediate_sinks_by_type"].get("VIDEO", 0) for d in clean["layers"])
 
-    hook = _plant(monkeypatch)
-    from espnet_omni_avsr.recognizer import AVSRRecognizer
-
-    real_init = AVSRRecognizer.__init__
-
-    def init_and_hook(self, *a, **k):
-        real_init(self, *a, **k)
-        self.model.decoder.base_model.model.layers[0].register_forward_hook(hook)
-
-    monkeypatch.setattr(AVSRRecognizer, "__init__", init_and_hook)
+    _hook_first_layer(monkeypatch, _plant(monkeypatch))
     out = tmp_path / "planted"
     (s,) = _analyze(exp, data, out)
     layers = s["layers"]
@@ -187,3 +207,18 @@ def test_the_tool_switches_sdpa_to_eager_and_refuses_untrained_rates(tmp_path, t
     assert s["rows"] == 2 and len(s["layers"]) == 2
     with pytest.raises(SystemExit, match="video rate 5 is not one this branch was trained at"):
         _analyze(exp, data, tmp_path / "b", rates="video=5")
+
+
+def test_without_bos_the_first_prefix_position_is_the_anchor(tmp_path, monkeypatch, tiny_whisper_dir):
+    """Qwen2 (no BOS): the VSR prompt starts at <video>, the anchor; the first video token, forced,
+    is an intermediate sink."""
+    import transformers.models.qwen2.modeling_qwen2 as qwen2
+
+    exp = _exp_dir(tmp_path, _tiny_qwen2(tmp_path / "qwen2"), tiny_whisper_dir)
+    data = tmp_path / "dump"
+    _write_corpus(str(data), 2)
+    _hook_first_layer(monkeypatch, _plant(monkeypatch, qwen2, position=1))
+    (s,) = _analyze(exp, data, tmp_path / "out")
+    assert all(d["intermediate_sinks_by_type"].get("VIDEO", 0) == 2 for d in s["layers"])
+    assert "BOS" not in s["intermediate_sinks_by_type"] and "MODALITY_OPEN" not in s["intermediate_sinks_by_type"]
+    assert s["massive_features"][0] == FEATURE
