@@ -86,3 +86,41 @@ def test_default_conditions_and_num_utts(tmp_path, tiny_llm_dir, tiny_whisper_di
 def test_a_model_without_mome_is_refused(tmp_path, tiny_llm_dir, tiny_whisper_dir, corpus):
     exp = _exp_dir(tmp_path, tiny_llm_dir, tiny_whisper_dir, adapter="shared_lora")
     assert expert_usage.main(["--model", str(exp), "--data", str(corpus), "--output_dir", str(tmp_path / "o")]) == 1
+
+
+def test_avsr_train_with_mome_then_expert_usage(tmp_path, tiny_llm_dir, tiny_whisper_dir):
+    """The real CLIs: a MoME model trains an epoch (its balance loss reported), and expert_usage reads
+    the exp dir that training wrote."""
+    from tests.bin.test_train_and_decode import _data_args, _run
+    from tests.models.conftest import tiny_config
+
+    train, valid = str(tmp_path / "train"), str(tmp_path / "valid")
+    _write_corpus(train, 4)
+    _write_corpus(valid, 2)
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
+    config.update(llm_adapter="mome", llm_adapter_conf=dict(num_experts=4, top_k=2, bottleneck=2, placement="layer"),
+                  optim="adamw", optim_conf=dict(lr=1e-3), max_epoch=1, batch_size=2, batch_type="sorted",
+                  num_att_plot=0, num_workers=0, best_model_criterion=[["valid", "acc", "max"]],
+                  keep_nbest_models=1, seed=0)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    common = ["espnet_omni_avsr.bin.avsr_train", "--config", str(cfg), "--ngpu", "0", "--use_tensorboard", "false"]
+    data = _data_args("train", train) + _data_args("valid", valid)
+    stats = tmp_path / "stats"
+    _run(common + data + ["--collect_stats", "true", "--output_dir", str(stats), "--batch_type", "unsorted",
+                          "--train_shape_file", f"{train}/wav.scp", "--valid_shape_file", f"{valid}/wav.scp"],
+         cwd=tmp_path)
+    exp = tmp_path / "exp"
+    proc = _run(common + data + ["--train_shape_file", str(stats / "train/speech_shape"),
+                                 "--valid_shape_file", str(stats / "valid/speech_shape"), "--output_dir", str(exp)],
+                cwd=tmp_path)
+    assert "balance=" in proc.stderr
+    state = torch.load(exp / "1epoch.pth", weights_only=True)
+    assert any(".mome.router.weight" in k for k in state)
+    assert not any(k.startswith("decoder.llm") and ".mome." not in k for k in state)
+    out = tmp_path / "usage"
+    assert expert_usage.main(["--model", str(exp), "--data", valid, "--output_dir", str(out),
+                              "--max_new_tokens", "2"]) == 0
+    record = json.loads((out / "expert_usage.json").read_text())
+    assert list(record["conditions"]) == ["avsr_a4v2"] and record["placement"] == "layer"
+    assert (out / "expert_usage_avsr_a4v2.png").is_file()
