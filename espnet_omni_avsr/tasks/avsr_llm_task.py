@@ -25,6 +25,7 @@ from typeguard import typechecked
 
 from espnet_omni_avsr.adapters.abs_llm_adapter import AbsLLMAdapter
 from espnet_omni_avsr.adapters.lora import SharedLoRA, SharedTaskLoRA, TaskLoRA
+from espnet_omni_avsr.adapters.mome import MoME
 from espnet_omni_avsr.compression.abs_compressor import AbsCompressor
 from espnet_omni_avsr.compression.avg_pool_compressor import AvgPoolCompressor
 from espnet_omni_avsr.compression.stack_compressor import StackCompressor
@@ -87,7 +88,7 @@ decoder_choices = ClassChoices(
 )
 llm_adapter_choices = ClassChoices(
     name="llm_adapter",
-    classes=dict(shared_lora=SharedLoRA, task_lora=TaskLoRA, shared_task_lora=SharedTaskLoRA),
+    classes=dict(shared_lora=SharedLoRA, task_lora=TaskLoRA, shared_task_lora=SharedTaskLoRA, mome=MoME),
     type_check=AbsLLMAdapter,
     default=None,
     optional=True,
