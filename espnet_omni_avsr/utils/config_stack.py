@@ -18,14 +18,20 @@ from typing import List, Mapping, Sequence
 import yaml
 
 
-def merge(base: Mapping, overlay: Mapping) -> dict:
-    """`overlay` on top of `base`: nested mappings merged, other values replaced."""
+def merge(base: Mapping, overlay: Mapping, _top: bool = True) -> dict:
+    """`overlay` on top of `base`: nested mappings merged, other values replaced. One exception at
+    the top level: when the overlay chooses another class for a part (`llm_adapter: mome` over
+    `shared_lora`), that part's `<key>_conf` belongs to the old class and is replaced by the
+    overlay's (or emptied), not merged."""
     out = dict(base)
     for key, value in overlay.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
+            out[key] = merge(out[key], value, _top=False)
         else:
             out[key] = value
+        conf = f"{key}_conf"
+        if _top and isinstance(value, str) and conf in base and base.get(key) != value:
+            out[conf] = dict(overlay.get(conf) or {})
     return out
 
 

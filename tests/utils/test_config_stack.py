@@ -60,3 +60,13 @@ def test_base_config_errors_name_the_file(tmp_path):
     (tmp_path / "c.yaml").write_text("base_config: nothere.yaml\n")
     with pytest.raises(SystemExit, match="c.yaml: base_config 'nothere.yaml' does not exist"):
         load_config(str(tmp_path / "c.yaml"))
+
+
+def test_choosing_another_class_replaces_its_conf():
+    base = {"llm_adapter": "shared_lora", "llm_adapter_conf": {"r": 16, "alpha": 32}, "optim_conf": {"lr": 1}}
+    assert merge(base, {"llm_adapter": "mome", "llm_adapter_conf": {"top_k": 4}}) == {
+        "llm_adapter": "mome", "llm_adapter_conf": {"top_k": 4}, "optim_conf": {"lr": 1}}
+    assert merge(base, {"llm_adapter": "task_lora"})["llm_adapter_conf"] == {}
+    # the same class: its conf is merged
+    assert merge(base, {"llm_adapter": "shared_lora", "llm_adapter_conf": {"r": 8}})["llm_adapter_conf"] == {
+        "r": 8, "alpha": 32}
