@@ -1,7 +1,7 @@
 """Attention sinks and massive activations of a trained model, per task and compression rate.
 
     python -m espnet_omni_avsr.bin.analyze_sinks --model exp/multitask_small --data dump/test \\
-        --output_dir exp/multitask_small/sinks [--task avsr asr] [--rates audio=16,video=5] [--num_utts 100]
+        --output_dir exp/multitask_small/sinks [--task avsr asr] [--rates a16v5] [--num_utts 100]
 
 Runs the model teacher-forced on the first --num_utts utterances of the dump dir (prefix + the
 reference transcript, or the prefix alone with --prefix_only) with the LLM's eager attention (sdpa /
@@ -41,9 +41,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--task", nargs="+", choices=sorted(TASK_MODALITIES), default=None,
                    help="default: every task the model was trained on")
-    p.add_argument("--rates", nargs="+", default=None, metavar="MODALITY=RATE[,...]",
-                   help="conditions to analyse, e.g. audio=16,video=5 (a task reads the modalities it "
-                        "uses); default: every trained rate combination")
+    p.add_argument("--rates", nargs="+", default=None, metavar="CONDITION",
+                   help="conditions to analyse, as in condition labels: a16v5, a4 (a task reads the "
+                        "modalities it uses); default: every trained rate combination")
     p.add_argument("--num_utts", type=int, default=100)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--prefix_only", action="store_true",
@@ -59,18 +59,22 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_rates(texts: Optional[List[str]]) -> Optional[List[Dict[str, int]]]:
-    """["audio=16,video=5"] -> [{"audio": 16, "video": 5}]."""
+    """["a16v5", "a4"] -> [{"audio": 16, "video": 5}, {"audio": 4}]: the conditions part of a
+    condition label (names.py: each modality's tag and rate), as expert_usage takes them."""
+    import re
+
     if not texts:
         return None
+    tags = {MODALITIES[m].tag: m for m in MODALITIES}
+    part = re.compile("(" + "|".join(map(re.escape, tags)) + r")(\d+)")
     out = []
     for text in texts:
-        rates = {}
-        for part in text.split(","):
-            m, sep, r = part.partition("=")
-            if not sep or m not in MODALITIES or not r.strip().isdigit():
-                raise SystemExit(f"--rates {text!r}: expected modality=rate pairs with modalities {list(MODALITIES)}")
-            rates[m] = int(r)
-        out.append(rates)
+        text = text.split("_", 1)[1] if "_" in text else text  # avsr_a16v5 -> a16v5
+        parts = part.findall(text)
+        if not parts or "".join(t + r for t, r in parts) != text:
+            raise SystemExit(f"--rates {text!r}: expected tags and rates such as a16v5 or v2 "
+                             f"(tags: {', '.join(f'{t} = {m}' for t, m in tags.items())})")
+        out.append({tags[t]: int(r) for t, r in parts})
     return out
 
 

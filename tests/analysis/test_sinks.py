@@ -203,10 +203,10 @@ def test_the_tool_switches_sdpa_to_eager_and_refuses_untrained_rates(tmp_path, t
     assert config["decoder_conf"].get("attn_implementation", "sdpa") == "sdpa"
     data = tmp_path / "dump"
     _write_corpus(str(data), 2)
-    (s,) = _analyze(exp, data, tmp_path / "a", rates="video=2")
+    (s,) = _analyze(exp, data, tmp_path / "a", rates="v2")
     assert s["rows"] == 2 and len(s["layers"]) == 2
     with pytest.raises(SystemExit, match="video rate 5 is not one this branch was trained at"):
-        _analyze(exp, data, tmp_path / "b", rates="video=5")
+        _analyze(exp, data, tmp_path / "b", rates="v5")
 
 
 def test_without_bos_the_first_prefix_position_is_the_anchor(tmp_path, monkeypatch, tiny_whisper_dir):
@@ -222,3 +222,12 @@ def test_without_bos_the_first_prefix_position_is_the_anchor(tmp_path, monkeypat
     assert all(d["intermediate_sinks_by_type"].get("VIDEO", 0) == 2 for d in s["layers"])
     assert "BOS" not in s["intermediate_sinks_by_type"] and "MODALITY_OPEN" not in s["intermediate_sinks_by_type"]
     assert s["massive_features"][0] == FEATURE
+
+
+def test_rates_are_condition_labels():
+    from espnet_omni_avsr.bin.analyze_sinks import parse_rates
+
+    assert parse_rates(["a16v5", "avsr_a4v2", "v2"]) == [{"audio": 16, "video": 5}, {"audio": 4, "video": 2},
+                                                        {"video": 2}]
+    with pytest.raises(SystemExit, match="expected tags and rates"):
+        parse_rates(["audio=4"])
