@@ -147,6 +147,54 @@ class AVSRRecognizer:
         raise FileNotFoundError(f"{model} has none of {list(_MODEL_FILES)}")
 
     # ---------------------------------------------------------------------------------------------
+    @property
+    def trained_tasks(self) -> List[str]:
+        """The tasks the model was trained for (the first is its default)."""
+        return list(self.model.tasks)
+
+    def conditions_of(self, task: Optional[str] = None) -> Dict[str, Union[int, str]]:
+        """modality -> the condition (rate) `task` decodes at: `rates`, else the first trained one.
+        Integer rates come back as int."""
+        out = {}
+        for m in TASK_MODALITIES[task or self.task]:
+            c = self.model.branches[m].check_condition(self.rates.get(m, self.model.conditions(m)[0]))
+            out[m] = int(c) if c.isdigit() else c
+        return out
+
+    def check_rates(self) -> None:
+        """ValueError naming a modality the model has no branch for or a rate it was not trained at."""
+        for m, rate in self.rates.items():
+            if m not in self.model.branches:
+                raise ValueError(f"rate for {m}: the model has no {m} branch (it has {sorted(self.model.branches)})")
+            try:
+                self.model.branches[m].check_condition(rate)
+            except ValueError as e:
+                raise ValueError(f"{m} {e}") from None
+
+    def input_limit_seconds(self) -> Optional[float]:
+        """The longest input the model's encoders take, in seconds; None when none states a limit.
+        Whisper: its positional table (max_source_positions x conv stride feature frames at the
+        front end's hop: 30 s); a front end that pads to 30 s: its window."""
+        limits = []
+        for branch in self.model.branches.values():
+            frontend, encoder = branch.frontend, branch.encoder
+            frames = getattr(encoder, "exact_length", None)
+            hop, rate = getattr(frontend, "hop_length", None), getattr(frontend, "sampling_rate", None)
+            if frames and hop and rate:
+                limits.append(frames * hop / rate)
+            if getattr(frontend, "pad_to_30s", False) and rate:
+                limits.append(frontend.n_samples / rate)
+        return min(limits) if limits else None
+
+    def count_tokens(self, text: str) -> int:
+        """LLM tokens of a transcript (the generated ones, re-tokenized)."""
+        return len(self.model.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def decoding_options(self) -> Dict:
+        return {"beam_size": self.beam_size, "length_penalty": self.length_penalty,
+                "max_new_tokens": self.max_new_tokens if self.max_new_tokens is not None else "from duration",
+                "device": str(self.device)}
+
     def budget(self, seconds: float) -> int:
         """max_new_tokens for an utterance of `seconds` (module docstring)."""
         return int(math.ceil(max(0.0, seconds) * CHARS_PER_SECOND * self.tokens_per_char - 1e-9)) + TOKEN_MARGIN
