@@ -55,6 +55,13 @@ class _EndAtBudget:
         return scores
 
 
+def _lengths_before_eos(ids: torch.Tensor, eos_id: int) -> List[int]:
+    """Generated tokens of each row up to (without) its first EOS."""
+    is_eos = ids == eos_id
+    first = torch.where(is_eos.any(1), is_eos.long().argmax(1), torch.full_like(ids[:, 0], ids.size(1)))
+    return first.tolist()
+
+
 class AVSRRecognizer:
     """Transcribe with a trained model, one utterance or a batch at a time.
 
@@ -187,7 +194,7 @@ class AVSRRecognizer:
         return min(limits) if limits else None
 
     def count_tokens(self, text: str) -> int:
-        """LLM tokens of a transcript (the generated ones, re-tokenized)."""
+        """LLM tokens of a transcript, re-tokenized."""
         return len(self.model.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def decoding_options(self) -> Dict:
@@ -216,7 +223,8 @@ class AVSRRecognizer:
 
     def recognize_batch(self, batch: Dict[str, torch.Tensor], task: Optional[str] = None) -> Dict[str, list]:
         """A collated batch (speech/video with lengths) -> {"text", "llm_tokens" (LLM input tokens
-        from the modalities), "max_new_tokens" (each utterance's budget)}."""
+        from the modalities), "max_new_tokens" (each utterance's budget), "generated_tokens"
+        (before EOS)}."""
         task = task or self.task
         kwargs = {}
         if self.max_new_tokens is not None:
@@ -233,8 +241,21 @@ class AVSRRecognizer:
         if self.beam_size > 1:
             kwargs["length_penalty"] = self.length_penalty
         batch = {k: v.to(self.device) for k, v in batch.items() if k in _INPUTS}
-        texts, n_tokens = self.model.recognize(**batch, task=task, rates=self.rates, num_beams=self.beam_size, **kwargs)
-        return {"text": texts, "llm_tokens": n_tokens.tolist(), "max_new_tokens": budgets}
+        decoder, ids = self.model.decoder, []
+
+        def generate(*args, **kw):  # keeps the generated ids, to count them
+            out = type(decoder).generate(decoder, *args, **kw)
+            ids.append(out)
+            return out
+
+        decoder.generate = generate
+        try:
+            texts, n_tokens = self.model.recognize(**batch, task=task, rates=self.rates, num_beams=self.beam_size,
+                                                   **kwargs)
+        finally:
+            del decoder.generate
+        return {"text": texts, "llm_tokens": n_tokens.tolist(), "max_new_tokens": budgets,
+                "generated_tokens": _lengths_before_eos(ids[0], decoder.eos_id) if ids else None}
 
     def __call__(
         self,

@@ -29,6 +29,7 @@ reason, and in its JSON), the others are transcribed; 2 bad arguments or a model
 load (not an archive, an untrained --task or --rates, no input found).
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -142,6 +143,13 @@ def build_face_prep(backend: str, conf: dict, fps: float, crops_dir: str):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # stdout carries the transcripts only: what libraries print on import goes to stderr
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return _main(argv, stdout)
+
+
+def _main(argv: Optional[List[str]], stdout) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -160,6 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from espnet_omni_avsr.prep.errors import PrepError
     from espnet_omni_avsr.recognizer import AVSRRecognizer
+    from espnet_omni_avsr.utils.model_archive import ArchiveError
 
     try:
         device = resolve_device(args.device)
@@ -174,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         transcriber = Transcriber(rec, face_prep, task=args.task, batch_size=args.batch_size,
                                   max_segment_seconds=args.max_segment_seconds,
                                   cut_search_seconds=args.cut_search_seconds)
-    except (OSError, ValueError, PrepError) as e:
+    except (ArchiveError, OSError, ValueError, PrepError) as e:
         logging.error("--model %s: %s", args.model, e)
         return 2
 
@@ -202,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for w in record["warnings"]:
                 logging.warning("%s: %s", record["input"], w)
             text = " ".join(record["text"].split())
-            print(f"{record['input']}\t{text}", flush=True)
+            print(f"{record['input']}\t{text}", file=stdout, flush=True)
         else:
             failed += 1
             logging.error("FAILED %s", record["error"])

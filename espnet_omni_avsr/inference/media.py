@@ -14,8 +14,8 @@ The steps are the recipes' data preparation, called here on one file:
 
 What makes an input fail (:class:`~espnet_omni_avsr.prep.errors.ItemError`, the message names
 the file): it is missing or not a media file FFmpeg opens, it has neither an audio nor a video
-stream, a stream it has does not decode (corrupt, truncated), or its video stream declares a frame
-rate of 0 (no frame rate: its frames cannot be timed). What only makes a stream *missing* (the
+stream, a stream it has does not decode (corrupt), the streams decode to less than 90 % of the
+duration its header declares (truncated), or its video stream declares a frame rate of 0 (no frame rate: its frames cannot be timed). What only makes a stream *missing* (the
 task choice then decides, see transcriber.py): no audio stream, an all-zero (digitally silent)
 audio track, no video stream, no face in any frame (or in fewer than ``min_face_fraction`` of
 them), a video shorter than the face mode's ``min_frames``.
@@ -27,6 +27,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from espnet_omni_avsr.data.video_io import MIN_DECODED_FRACTION
 from espnet_omni_avsr.prep.audio_prep import read_container_audio, to_pcm16
 from espnet_omni_avsr.prep.errors import ItemError
 from espnet_omni_avsr.prep.face.face_video_prep import FaceVideoPrep
@@ -208,4 +209,17 @@ def load_media(path: str, face_prep: Optional[FaceVideoPrep], modalities: Sequen
             media.missing["audio"] = f"{path} has no audio stream"
     else:
         media.missing["audio"] = NOT_READ
+    check_complete(media, info)
     return media
+
+
+def check_complete(media: MediaInput, info: Probe) -> None:
+    """ItemError when the streams read decode to less than the container's declared duration (the
+    fraction video_io allows, less one frame): a truncated file (a partial download) that FFmpeg still
+    decodes in part, as Matroska and WebM do."""
+    seconds = [media.info["audio"]["seconds"]] if "audio" in media.info else []
+    if "frames" in media.info.get("video", {}):
+        seconds.append(media.info["video"]["frames"] / media.fps)
+    if info.duration and seconds and max(seconds) < MIN_DECODED_FRACTION * info.duration - 1.0 / media.fps:
+        raise ItemError(f"{media.path}: does not decode: truncated: the header declares {info.duration:.2f} s, "
+                        f"only {max(seconds):.2f} s decode")

@@ -79,6 +79,7 @@ class Prepared:
     texts: List[Optional[str]] = field(default_factory=list)
     llm_tokens: List[int] = field(default_factory=list)
     budgets: List[int] = field(default_factory=list)
+    generated: List[int] = field(default_factory=list)
     decode_seconds: float = 0.0
     error: Optional[str] = None
 
@@ -165,7 +166,7 @@ class Transcriber:
         media.timing["segment"] = time.perf_counter() - start
         n = len(segments)
         return Prepared(index, path, media, task, segments, utterances, warnings,
-                        texts=[None] * n, llm_tokens=[0] * n, budgets=[0] * n)
+                        texts=[None] * n, llm_tokens=[0] * n, budgets=[0] * n, generated=[0] * n)
 
     def decode(self, prepared: Sequence[Prepared]) -> None:
         """Decode the segments of ``prepared`` in batches (module docstring); fills their results."""
@@ -191,10 +192,13 @@ class Transcriber:
         seconds = time.perf_counter() - start
         total = sum(p.seconds(k) for p, k in batch) or 1.0
         budgets = out.get("max_new_tokens") or [0] * len(batch)
+        generated = out.get("generated_tokens")
+        count = getattr(self.recognizer, "count_tokens", None)
         for j, (p, k) in enumerate(batch):
             p.texts[k] = out["text"][j]
             p.llm_tokens[k] = int(out["llm_tokens"][j])
             p.budgets[k] = int(budgets[j])
+            p.generated[k] = int(generated[j]) if generated else (count(p.texts[k]) if count else 0)
             p.decode_seconds += seconds * p.seconds(k) / total
 
     # ---------------------------------------------------------------------------------------------
@@ -204,8 +208,7 @@ class Transcriber:
             return failure(p.path, p.error)
         media = p.media
         duration = max(media.duration, 1e-9)
-        count = getattr(self.recognizer, "count_tokens", None)
-        generated = [count(t) if count else 0 for t in p.texts]
+        generated = p.generated
         conditions = self.recognizer.conditions_of(p.task)
         timing = dict(media.timing, decode=p.decode_seconds)
         timing["total"] = sum(timing.values())
