@@ -8,9 +8,12 @@ The steps are the recipes' data preparation, called here on one file:
   16 kHz, 16-bit rounding), then scaled to [-1, 1] as the recipes' data loader reads its wavs;
 - video: the stage 2 face modes (:class:`~espnet_omni_avsr.prep.face.face_video_prep.FaceVideoPrep`):
   frames resampled to 25 fps, landmarks (mediapipe or dlib), interpolation of frames without a
-  face and smoothing, mean-face alignment and the mouth crop. The clip is streamed through it
-  twice (landmarks, then crops), so that memory holds the crops and the landmark track, not the
-  frames. Unlike stage 2, the crops stay in memory (no H.264 round trip).
+  face and smoothing, mean-face alignment and the mouth crop. The landmarks need the whole track
+  before the first crop (smoothing), so the frames go through twice: kept in memory between the
+  two passes while they fit in ``MAX_CACHED_BYTES`` (512 MiB: 4 minutes of 160x160, 10 s of
+  1080p), else decoded again, so that memory holds the crops and the landmark track, not the
+  frames, whatever the clip's length. Unlike stage 2, the crops stay in memory (no H.264 round
+  trip).
 
 What makes an input fail (:class:`~espnet_omni_avsr.prep.errors.ItemError`, the message names
 the file): it is missing or not a media file FFmpeg opens, it has neither an audio nor a video
@@ -34,6 +37,7 @@ from espnet_omni_avsr.prep.face.face_video_prep import FaceVideoPrep
 from espnet_omni_avsr.prep.sharding import WorkItem
 
 NOT_READ = "not read (the task does not use it)"
+MAX_CACHED_BYTES = 512 * 2 ** 20  # 25-fps RGB frames kept between the landmark and crop passes
 MEDIA_EXTS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".3gp", ".wmv")
 
 
@@ -141,13 +145,34 @@ def load_audio(path: str, sample_rate: int, media: MediaInput) -> None:
     media.timing["audio"] = time.perf_counter() - start
 
 
-def load_video(path: str, face_prep: FaceVideoPrep, media: MediaInput) -> None:
-    """Fill ``media.crops`` (or ``media.missing["video"]``) with the face mode's steps, streaming the
-    clip twice; ItemError when the stream does not decode."""
+class _Keep:
+    """Passes frames through and keeps them while they fit in ``max_bytes`` (``frames`` is None after
+    that), so that a short clip is decoded once, a long one twice."""
+
+    def __init__(self, it: Iterable[np.ndarray], max_bytes: int):
+        self.it, self.max_bytes, self.frames, self.size = it, max_bytes, [], 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for frame in self.it:
+            if self.frames is not None:
+                self.size += frame.nbytes
+                if self.size <= self.max_bytes:
+                    self.frames.append(frame)
+                else:
+                    self.frames = None
+            yield frame
+
+
+def load_video(path: str, face_prep: FaceVideoPrep, media: MediaInput, max_cached_bytes: int = MAX_CACHED_BYTES) -> None:
+    """Fill ``media.crops`` (or ``media.missing["video"]``) with the face mode's steps: landmarks over
+    the streamed frames, then the crops, from the frames kept in memory when the clip's 25-fps RGB
+    frames fit in ``max_cached_bytes``, else from a second decoding. ItemError when the stream
+    does not decode."""
     uid = os.path.splitext(os.path.basename(path))[0] or "input"
     start = time.perf_counter()
     frames = _Timed(face_prep.frames(path))
-    raw = face_prep.track(WorkItem(uid, path), frames)  # pass 1: landmarks of every frame
+    kept = _Keep(frames, max_cached_bytes)
+    raw = face_prep.track(WorkItem(uid, path), kept)  # pass 1: landmarks of every frame
     detect = time.perf_counter() - start
     found = int(np.isfinite(raw).all(axis=(1, 2)).sum())
     info = {"frames": len(raw), "frames_with_face": found, "frames_without_face": len(raw) - found,
@@ -164,10 +189,11 @@ def load_video(path: str, face_prep: FaceVideoPrep, media: MediaInput) -> None:
         return
     media.notes += notes
     start = time.perf_counter()
-    frames = _Timed(face_prep.frames(path))
+    frames = _Timed(kept.frames if kept.frames is not None else face_prep.frames(path))
     media.crops = face_prep.crop(frames, track, path)  # pass 2: align and crop
-    media.timing["video_decode"] += frames.seconds
-    media.timing["crop"] = time.perf_counter() - start - frames.seconds
+    media.info["video"]["decoded_twice"] = kept.frames is None
+    media.timing["video_decode"] += frames.seconds if kept.frames is None else 0.0
+    media.timing["crop"] = time.perf_counter() - start - (frames.seconds if kept.frames is None else 0.0)
 
 
 def _ranges(mask: np.ndarray, limit: int = 20) -> List[List[int]]:
