@@ -143,15 +143,17 @@ def build_face_prep(backend: str, conf: dict, fps: float, crops_dir: str):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ log lines
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # stdout carries the transcripts only: what libraries print on import goes to stderr
     stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
-        return _main(argv, stdout)
+        return _main(parser, args, stdout)
 
 
-def _main(argv: Optional[List[str]], stdout) -> int:
-    parser = get_parser()
-    args = parser.parse_args(argv)
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, stdout) -> int:
     setup_logging(args.log_level)
     try:
         rates = parse_rates(args.rates)

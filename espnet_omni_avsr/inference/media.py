@@ -208,13 +208,16 @@ def _ranges(mask: np.ndarray, limit: int = 20) -> List[List[int]]:
 
 
 def load_media(path: str, face_prep: Optional[FaceVideoPrep], modalities: Sequence[str] = ("audio", "video"),
-               sample_rate: int = 16000) -> MediaInput:
+               sample_rate: int = 16000, fps: Optional[float] = None) -> MediaInput:
     """Read the streams of ``modalities`` from ``path`` (module docstring for what fails and what is
     only missing). ``face_prep`` gives the face mode (its fps and size); it may be None when video
-    is not wanted."""
+    is not wanted. ``fps``: the model's frame rate (default: the face mode's, else 25)."""
     start = time.perf_counter()
     info = probe(path)
-    fps = face_prep.fps if face_prep is not None else 25.0
+    if fps is None:
+        fps = face_prep.fps if face_prep is not None else 25.0
+    elif face_prep is not None and abs(face_prep.fps - fps) > 1e-6:
+        raise ValueError(f"the face mode makes {face_prep.fps:g} fps crops, the model reads {fps:g} fps")
     media = MediaInput(path, sample_rate, fps)
     media.timing["probe"] = time.perf_counter() - start
     if info.has_video:

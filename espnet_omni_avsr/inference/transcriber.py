@@ -100,7 +100,6 @@ class Transcriber:
         batch_size: segments decoded together.
         max_segment_seconds: the longest segment (default: the model's input limit, else 30 s).
         cut_search_seconds: where a long clip's cut is searched, before the limit (segments.py).
-        crops_dir: write each input's mouth crops there as ``<name>.mp4`` (for inspection).
     """
 
     def __init__(self, recognizer, face_prep=None, task: Optional[str] = None, batch_size: int = 8,
@@ -137,9 +136,7 @@ class Transcriber:
     # ---------------------------------------------------------------------------------------------
     def prepare(self, index: int, path: str) -> Prepared:
         """Streams, task, segments of one input; ItemError (naming it) when it cannot be decoded."""
-        media = load_media(path, self.face_prep, self.modalities, self.sample_rate)
-        if media.fps != self.fps:
-            raise ValueError(f"the face mode's fps {media.fps:g} differs from the model's {self.fps:g}")
+        media = load_media(path, self.face_prep, self.modalities, self.sample_rate, self.fps)
         task, warnings = choose_task(media.available, self.trained, self.task, media.missing)
         mods = TASK_MODALITIES[task]
         speech = media.speech if "audio" in mods else None

@@ -87,8 +87,9 @@ def test_cli_on_good_and_bad_inputs(inputs, multitask_exp, tmp_path):
     assert "has no audio stream" in records["silent"]["missing"]["audio"]
     assert "silent" in records["zeros"]["missing"]["audio"]
     assert "has no video stream" in records["audio_only"]["missing"]["video"]
-    reasons = {"garbage": "does not decode", "truncated": "does not decode", "fps0": "frame rate is 0",
+    reasons = {"garbage": "does not decode", "truncated": "does not decode: truncated", "fps0": "frame rate is 0",
                "missing": "no such file"}
+    assert sorted(reasons) == sorted(bad)
     for n, words in reasons.items():
         assert not records[n]["ok"] and words in records[n]["error"] and n in records[n]["error"], records[n]
         assert f"FAILED {records[n]['error']}" in proc.stderr
