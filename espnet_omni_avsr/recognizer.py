@@ -1,15 +1,65 @@
-"""The inference library class: load a trained model and transcribe audio, video or both."""
+"""The inference library class: load a trained model and transcribe audio, video or both.
+
+Decoding is deterministic (greedy, or beam search with HF ``num_beams``; never sampling), and an
+utterance decodes to the same hypothesis alone and inside a padded batch.
+
+Transcript length (``max_new_tokens``): a fixed number when given; otherwise each utterance gets
+its own budget from its duration (the longest of the streams its task reads)::
+
+    max_new_tokens = ceil(seconds * CHARS_PER_SECOND * tokens_per_char) + TOKEN_MARGIN
+
+with ``CHARS_PER_SECOND = 20`` (fast read speech is about 15 characters a second, spaces
+included) and ``TOKEN_MARGIN = 16``; ``tokens_per_char`` is measured once with the model's own
+tokenizer on :data:`BUDGET_REFERENCE_TEXT` (in the model's text case), so the budget follows the
+tokenizer (about 0.25 tokens a character for Llama 3 / SmolLM2: 5 tokens a second, 166 for a
+30-s segment). In a batch, a row whose budget is spent is made to end (EOS is forced at that
+step), so that it gets exactly the hypothesis it gets alone.
+"""
+import math
+import tarfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from espnet_omni_avsr.names import MODALITIES
+from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
 
 _INPUTS = tuple(k for m in MODALITIES.values() for k in (m.data_name, m.lengths_name))
 _MODEL_FILES = ("model.pth", "valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.best.pth", "latest.pth")
+
+CHARS_PER_SECOND = 20.0
+TOKEN_MARGIN = 16
+BUDGET_REFERENCE_TEXT = (
+    "the quick brown fox jumps over the lazy dog while seven blue birds sing about green hills and "
+    "quiet rivers; she said that they would meet again at twelve o'clock near the old railway station"
+)
+
+
+class _EndAtBudget:
+    """A logits processor that forces EOS in every row (beam) of utterance b once b has
+    generated budgets[b] tokens. With `inputs_embeds` prompts, generate's `input_ids` hold the
+    generated tokens only, so their length is the step."""
+
+    def __init__(self, budgets: Sequence[int], eos_id: int, num_beams: int):
+        self.budgets = torch.as_tensor(list(budgets), dtype=torch.long).repeat_interleave(num_beams)
+        self.eos_id = int(eos_id)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        done = self.budgets.to(scores.device) <= input_ids.shape[1]
+        if done.any():
+            scores = scores.clone()
+            scores[done] = -float("inf")
+            scores[done, self.eos_id] = 0.0
+        return scores
+
+
+def _lengths_before_eos(ids: torch.Tensor, eos_id: int) -> List[int]:
+    """Generated tokens of each row up to (without) its first EOS."""
+    is_eos = ids == eos_id
+    first = torch.where(is_eos.any(1), is_eos.long().argmax(1), torch.full_like(ids[:, 0], ids.size(1)))
+    return first.tolist()
 
 
 class AVSRRecognizer:
@@ -23,7 +73,10 @@ class AVSRRecognizer:
         rates: modality -> compression rate, e.g. {"audio": 16, "video": 5} (elastic inference;
             default: the first trained rate of each modality). Untrained rates are refused.
         beam_size: 1 = greedy.
-        max_new_tokens: longest transcript in LLM tokens.
+        max_new_tokens: longest transcript in LLM tokens; None: from each utterance's duration
+            (module docstring).
+        length_penalty: beam search's exponent on the hypothesis length (HF `length_penalty`;
+            > 0 favours longer hypotheses); unused by greedy search.
 
     Example:
         >>> rec = AVSRRecognizer.from_pretrained("exp/multitask_small/packed/multitask_small.tar")
@@ -38,8 +91,13 @@ class AVSRRecognizer:
         task: Optional[str] = None,
         rates: Optional[Dict[str, int]] = None,
         beam_size: int = 1,
-        max_new_tokens: int = 32,
+        max_new_tokens: Optional[int] = None,
+        length_penalty: float = 1.0,
     ):
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or None: from the duration), got {max_new_tokens}")
         model, args = AVSRLLMTask.build_model_from_file(train_config, None, device)
         if model_file is not None:
             state = torch.load(model_file, map_location=device, weights_only=True)
@@ -52,8 +110,17 @@ class AVSRRecognizer:
         self.rates = dict(rates or {})
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
+        self.length_penalty = float(length_penalty)
         self.preprocess = AVSRLLMTask.build_preprocess_fn(args, train=False)
         self.collate = AVSRLLMTask.build_collate_fn(args, train=False)
+        conf = dict(getattr(args, "preprocessor_conf", None) or {})
+        self.sample_rate = int(conf.get("sample_rate", 16000))
+        self.fps = float(conf.get("fps", 25.0))
+        tokenizer = model.decoder.tokenizer
+        reference = BUDGET_REFERENCE_TEXT
+        if self.preprocess is not None and hasattr(self.preprocess, "normalize_text"):
+            reference = self.preprocess.normalize_text(reference)
+        self.tokens_per_char = len(tokenizer(reference, add_special_tokens=False)["input_ids"]) / len(reference)
 
     @classmethod
     def from_pretrained(
@@ -63,6 +130,7 @@ class AVSRRecognizer:
         config.yaml and weights (a training exp dir or an unpacked archive).
 
         An archive is unpacked once into `cache_dir` (default: ~/.cache/espnet_omni_avsr/<name>).
+        A file that is not a tar archive is a ValueError naming it.
         """
         model = Path(model)
         if model.is_file():
@@ -70,7 +138,12 @@ class AVSRRecognizer:
 
             name = model.name.split(".")[0]
             dest = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "espnet_omni_avsr" / name
-            config, weights = unpack_model(model, dest)
+            try:
+                config, weights = unpack_model(model, dest)
+            except tarfile.TarError as e:
+                raise ValueError(
+                    f"{model} is not a model archive (a .tar / .tar.gz written by pack_model): {e}"
+                ) from None
             return cls(config, weights, **kwargs)
         config = model / "config.yaml"
         if not config.is_file():
@@ -80,13 +153,109 @@ class AVSRRecognizer:
                 return cls(config, model / name, **kwargs)
         raise FileNotFoundError(f"{model} has none of {list(_MODEL_FILES)}")
 
-    def recognize_batch(self, batch: Dict[str, torch.Tensor]) -> Dict[str, list]:
-        """A collated batch (speech/video with lengths) -> {"text": [...], "llm_tokens": [...]}."""
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def trained_tasks(self) -> List[str]:
+        """The tasks the model was trained for (the first is its default)."""
+        return list(self.model.tasks)
+
+    def conditions_of(self, task: Optional[str] = None) -> Dict[str, Union[int, str]]:
+        """modality -> the condition (rate) `task` decodes at: `rates`, else the first trained one.
+        Integer rates come back as int."""
+        out = {}
+        for m in TASK_MODALITIES[task or self.task]:
+            c = self.model.branches[m].check_condition(self.rates.get(m, self.model.conditions(m)[0]))
+            out[m] = int(c) if c.isdigit() else c
+        return out
+
+    def check_rates(self) -> None:
+        """ValueError naming a modality the model has no branch for or a rate it was not trained at."""
+        for m, rate in self.rates.items():
+            if m not in self.model.branches:
+                raise ValueError(f"rate for {m}: the model has no {m} branch (it has {sorted(self.model.branches)})")
+            try:
+                self.model.branches[m].check_condition(rate)
+            except ValueError as e:
+                raise ValueError(f"{m} {e}") from None
+
+    def input_limit_seconds(self) -> Optional[float]:
+        """The longest input the model's encoders take, in seconds; None when none states a limit.
+        Whisper: its positional table (max_source_positions x conv stride feature frames at the
+        front end's hop: 30 s); a front end that pads to 30 s: its window."""
+        limits = []
+        for branch in self.model.branches.values():
+            frontend, encoder = branch.frontend, branch.encoder
+            frames = getattr(encoder, "exact_length", None)
+            hop, rate = getattr(frontend, "hop_length", None), getattr(frontend, "sampling_rate", None)
+            if frames and hop and rate:
+                limits.append(frames * hop / rate)
+            if getattr(frontend, "pad_to_30s", False) and rate:
+                limits.append(frontend.n_samples / rate)
+        return min(limits) if limits else None
+
+    def count_tokens(self, text: str) -> int:
+        """LLM tokens of a transcript, re-tokenized."""
+        return len(self.model.decoder.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def decoding_options(self) -> Dict:
+        return {"beam_size": self.beam_size, "length_penalty": self.length_penalty,
+                "max_new_tokens": self.max_new_tokens if self.max_new_tokens is not None else "from duration",
+                "device": str(self.device)}
+
+    def budget(self, seconds: float) -> int:
+        """max_new_tokens for an utterance of `seconds` (module docstring)."""
+        return int(math.ceil(max(0.0, seconds) * CHARS_PER_SECOND * self.tokens_per_char - 1e-9)) + TOKEN_MARGIN
+
+    def durations(self, batch: Dict[str, torch.Tensor], task: Optional[str] = None) -> List[float]:
+        """Seconds of each utterance of a collated batch: the longest of the streams `task` reads."""
+        task = task or self.task
+        per_unit = {"audio": self.sample_rate, "video": self.fps}
+        seconds = None
+        for m in TASK_MODALITIES[task]:
+            lengths = batch.get(MODALITIES[m].lengths_name)
+            if lengths is None:
+                continue
+            s = lengths.detach().cpu().double() / per_unit.get(m, 1.0)
+            seconds = s if seconds is None else torch.maximum(seconds, s)
+        if seconds is None:
+            raise ValueError(f"task {task!r} needs {list(TASK_MODALITIES[task])} in the batch")
+        return seconds.tolist()
+
+    def recognize_batch(self, batch: Dict[str, torch.Tensor], task: Optional[str] = None) -> Dict[str, list]:
+        """A collated batch (speech/video with lengths) -> {"text", "llm_tokens" (LLM input tokens
+        from the modalities), "max_new_tokens" (each utterance's budget), "generated_tokens"
+        (before EOS)}."""
+        task = task or self.task
+        kwargs = {}
+        if self.max_new_tokens is not None:
+            budgets = [self.max_new_tokens] * len(next(iter(batch.values())))
+            kwargs["max_new_tokens"] = self.max_new_tokens
+        else:
+            budgets = [self.budget(s) for s in self.durations(batch, task)]
+            from transformers import LogitsProcessorList
+
+            # one step more than the largest budget: every row then ends by the forced EOS, alone as in a batch
+            kwargs["max_new_tokens"] = max(budgets) + 1
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [_EndAtBudget(budgets, self.model.decoder.eos_id, self.beam_size)])
+        if self.beam_size > 1:
+            kwargs["length_penalty"] = self.length_penalty
         batch = {k: v.to(self.device) for k, v in batch.items() if k in _INPUTS}
-        texts, n_tokens = self.model.recognize(
-            **batch, task=self.task, rates=self.rates, max_new_tokens=self.max_new_tokens, num_beams=self.beam_size
-        )
-        return {"text": texts, "llm_tokens": n_tokens.tolist()}
+        decoder, ids = self.model.decoder, []
+
+        def generate(*args, **kw):  # keeps the generated ids, to count them
+            out = type(decoder).generate(decoder, *args, **kw)
+            ids.append(out)
+            return out
+
+        decoder.generate = generate
+        try:
+            texts, n_tokens = self.model.recognize(**batch, task=task, rates=self.rates, num_beams=self.beam_size,
+                                                   **kwargs)
+        finally:
+            del decoder.generate
+        return {"text": texts, "llm_tokens": n_tokens.tolist(), "max_new_tokens": budgets,
+                "generated_tokens": _lengths_before_eos(ids[0], decoder.eos_id) if ids else None}
 
     def __call__(
         self,
@@ -96,8 +265,9 @@ class AVSRRecognizer:
         """One utterance: speech (S,) 16 kHz float waveform and/or video (T, H, W) uint8 mouth frames."""
         return self.transcribe([dict(speech=speech, video=video)])[0]
 
-    def transcribe(self, utterances: Sequence[Dict[str, np.ndarray]]) -> List[str]:
-        """Several utterances decoded as one batch."""
+    def decode(self, utterances: Sequence[Dict[str, np.ndarray]], task: Optional[str] = None) -> Dict[str, list]:
+        """Several utterances ({"speech": (S,), "video": (T, H, W)}, either may be absent) decoded as one
+        batch -> recognize_batch's dict."""
         items = []
         for i, utt in enumerate(utterances):
             data = {k: np.asarray(v) for k, v in utt.items() if v is not None}
@@ -105,5 +275,8 @@ class AVSRRecognizer:
                 data = self.preprocess(f"utt{i}", data)
             items.append((f"utt{i}", data))
         _, batch = self.collate(items)
-        return self.recognize_batch(batch)["text"]
+        return self.recognize_batch(batch, task)
 
+    def transcribe(self, utterances: Sequence[Dict[str, np.ndarray]], task: Optional[str] = None) -> List[str]:
+        """Several utterances decoded as one batch -> their transcripts."""
+        return self.decode(utterances, task)["text"]

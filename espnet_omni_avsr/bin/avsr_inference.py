@@ -39,7 +39,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--video_rate", type=int, default=None, help="default: the first trained video rate")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--beam_size", type=int, default=1)
-    p.add_argument("--max_new_tokens", type=int, default=32)
+    p.add_argument("--max_new_tokens", type=int, default=32,
+                   help="longest transcript in LLM tokens; 0: from each utterance's duration (recognizer.py)")
+    p.add_argument("--length_penalty", type=float, default=1.0, help="beam search's length penalty (HF)")
     p.add_argument("--ngpu", type=int, default=0)
     p.add_argument("--num_workers", type=int, default=0)
     add_log_level(p)
@@ -121,7 +123,8 @@ def main(cmd=None):
         sys.exit("give --jobs, or --data_path_and_name_and_type and --output_dir")
     rec = AVSRRecognizer(
         args.train_config, args.model_file, device="cuda" if args.ngpu > 0 else "cpu",
-        task=args.task, beam_size=args.beam_size, max_new_tokens=args.max_new_tokens,
+        task=args.task, beam_size=args.beam_size, max_new_tokens=args.max_new_tokens or None,
+        length_penalty=args.length_penalty,
     )
     for task, triples, out, rates in jobs:
         if args.jobs and _complete(out, triples):

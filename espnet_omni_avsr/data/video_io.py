@@ -33,6 +33,7 @@ _KALDI_SPEC = re.compile(r"^(?P<ark>.+):(?P<offset>\d+)(?P<slice>\[[^\]]*\])?$")
 # declares (less one frame). Cut-with-copy mp4 files decode a few frames fewer than their edit
 # list's duration, so the check leaves slack.
 _MIN_DECODED_FRACTION = 0.9
+MIN_DECODED_FRACTION = _MIN_DECODED_FRACTION  # public: inference/media.py applies it to whole containers
 
 # ITU-R BT.601 luma weights, the ones FFmpeg's scaler uses for RGB -> gray.
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)

@@ -84,6 +84,11 @@ class HFCausalLMDecoder(torch.nn.Module):
         self.register_buffer("special_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
+        # generate() fills finished rows with the pad id and feeds it back to the LLM as the next input,
+        # so that id must be a row of the embedding table. The `<pad>` added to a tokenizer without one
+        # (Llama 3 base, the tiny random Llama) lies past it: EOS is used instead (decoding drops both).
+        vocab = embed.weight.size(0)
+        self.generation_pad_id = self.pad_id if self.pad_id is not None and 0 <= self.pad_id < vocab else self.eos_id
         self.bos_id = self.tokenizer.bos_token_id
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         logging.info(f"LLM {model_dir}: hidden {self.hidden_size}, trainable parameters {n_train}")
@@ -156,7 +161,8 @@ class HFCausalLMDecoder(torch.nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: Prompt, max_new_tokens: int = 32, num_beams: int = 1, **kwargs) -> torch.Tensor:
-        """Batched decoding with the KV cache from a left-padded prompt; returns new token ids."""
+        """Batched decoding with the KV cache from a left-padded prompt; returns new token ids (rows
+        that end early are filled with `generation_pad_id`)."""
         if self.adapter is not None:
             self.adapter.prepare(prompt)
         return self.llm.generate(
@@ -166,6 +172,6 @@ class HFCausalLMDecoder(torch.nn.Module):
             num_beams=num_beams,
             do_sample=False,
             eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
+            pad_token_id=self.generation_pad_id,
             **kwargs,
         )

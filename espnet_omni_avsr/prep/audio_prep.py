@@ -23,7 +23,7 @@ rejected (absent from ``utt2num_frames``) are skipped: they are dropped anyway.
 import logging
 import math
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import soundfile
@@ -128,18 +128,8 @@ class AudioFormatter:
             check_samples(pcm, path)
             return {"path": path, "duration": len(pcm) / self.sample_rate, "note": "", "outputs": []}
         audio, rate = read_audio(path)
-        channels = audio.shape[1]
-        mono = resample(audio.mean(axis=1), rate, self.sample_rate)
-        if not np.all(np.isfinite(mono)):
-            raise ItemError(f"{path}: the audio holds NaN or infinite values")
-        pcm = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
-        check_samples(pcm, path)
+        pcm, changes = to_pcm16(audio, rate, self.sample_rate, path)
         out = self.write(item.uid, pcm)
-        changes = []
-        if rate != self.sample_rate:
-            changes.append(f"resampled {rate} -> {self.sample_rate} Hz")
-        if channels != 1:
-            changes.append(f"mixed {channels} channels to mono")
         note = f"{', '.join(changes)} ({path})" if changes else ""
         return {"path": out, "duration": len(pcm) / self.sample_rate, "note": note, "outputs": [out]}
 
@@ -154,6 +144,24 @@ class AudioFormatter:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return out
+
+
+def to_pcm16(audio: np.ndarray, rate: int, sample_rate: int, path: str) -> Tuple[np.ndarray, List[str]]:
+    """(N, C) float audio at ``rate`` -> ((M,) int16 mono at ``sample_rate``, the changes made, e.g.
+    ["resampled 44100 -> 16000 Hz", "mixed 2 channels to mono"]): channel mean, polyphase
+    resampling, rounding to 16 bits. ItemError naming ``path`` for non-finite, empty or all-zero audio."""
+    channels = audio.shape[1]
+    mono = resample(audio.mean(axis=1), rate, sample_rate)
+    if not np.all(np.isfinite(mono)):
+        raise ItemError(f"{path}: the audio holds NaN or infinite values")
+    pcm = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
+    check_samples(pcm, path)
+    changes = []
+    if rate != sample_rate:
+        changes.append(f"resampled {rate} -> {sample_rate} Hz")
+    if channels != 1:
+        changes.append(f"mixed {channels} channels to mono")
+    return pcm, changes
 
 
 def check_samples(pcm: np.ndarray, path: str) -> None:

@@ -10,7 +10,7 @@ as in the LRS2/LRS3 papers' preprocessing). Warp and crop are one ``cv2.warpAffi
 pixels outside the source frame are black.
 """
 import os
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -66,16 +66,26 @@ def crop_matrices(track: np.ndarray, mean_face: np.ndarray, size: int = 96) -> n
     return matrices
 
 
-def mouth_crops(frames: np.ndarray, track: np.ndarray, mean_face: np.ndarray, size: int = 96) -> Tuple[np.ndarray, np.ndarray]:
-    """(T, H, W) uint8 gray frames + (T, 68, 2) landmarks -> ((T, size, size) uint8 crops,
-    (T, 2, 3) matrices used)."""
+def crop_frame(frame: np.ndarray, matrix: np.ndarray, size: int = 96) -> np.ndarray:
+    """One (H, W) uint8 gray frame through its 2x3 crop matrix -> (size, size) uint8."""
     import cv2
 
-    if len(frames) != len(track):
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+
+
+def mouth_crops(frames: Iterable[np.ndarray], track: np.ndarray, mean_face: np.ndarray,
+                size: int = 96) -> Tuple[np.ndarray, np.ndarray]:
+    """(T, H, W) uint8 gray frames (an array, or an iterable of T frames read one at a time) +
+    (T, 68, 2) landmarks -> ((T, size, size) uint8 crops, (T, 2, 3) matrices used)."""
+    if hasattr(frames, "__len__") and len(frames) != len(track):
         raise ValueError(f"{len(frames)} frames but {len(track)} landmark rows")
     matrices = crop_matrices(track, mean_face, size)
-    crops = np.stack([
-        cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        for frame, m in zip(frames, matrices)
-    ])
-    return crops, matrices
+    crops = []
+    for frame in frames:
+        if len(crops) == len(matrices):
+            raise ValueError(f"more frames than the {len(track)} landmark rows")
+        crops.append(crop_frame(frame, matrices[len(crops)], size))
+    if len(crops) != len(matrices):
+        raise ValueError(f"{len(crops)} frames but {len(track)} landmark rows")
+    return np.stack(crops), matrices

@@ -16,7 +16,7 @@ Heavy modules are imported in the constructors, so that other modes do not need 
 import importlib.util
 import os
 from abc import ABC, abstractmethod
-from typing import Dict, Optional, Type
+from typing import Dict, Iterable, Optional, Type
 
 import numpy as np
 
@@ -58,8 +58,8 @@ class AbsFaceLandmarker(ABC):
     face was found. A new clip must not depend on the previous one (trackers are reset)."""
 
     @abstractmethod
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """frames: (T, H, W, 3) uint8 RGB."""
+    def __call__(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """frames: (T, H, W, 3) uint8 RGB, or an iterable of (H, W, 3) frames (read once, in order)."""
 
     def config(self) -> Dict:
         """Options that change the landmarks (part of the resume fingerprint)."""
@@ -91,22 +91,23 @@ class MediapipeLandmarker(AbsFaceLandmarker):
         return dict(super().config(), min_detection_confidence=self.min_detection_confidence,
                     min_tracking_confidence=self.min_tracking_confidence)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: Iterable[np.ndarray]) -> np.ndarray:
         from mediapipe.python.solutions import face_mesh
 
-        out = np.full((len(frames), NUM_POINTS, 2), np.nan)
-        height, width = frames.shape[1:3]
+        rows = []
         with face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False,
                                 min_detection_confidence=self.min_detection_confidence,
                                 min_tracking_confidence=self.min_tracking_confidence) as mesh:
-            for t, frame in enumerate(frames):
+            for frame in frames:
+                height, width = frame.shape[:2]
                 result = mesh.process(np.ascontiguousarray(frame))
                 if not result.multi_face_landmarks:
+                    rows.append(np.full((NUM_POINTS, 2), np.nan))
                     continue
                 points = result.multi_face_landmarks[0].landmark
                 xy = np.array([(points[i].x, points[i].y) for i in self._index])
-                out[t] = xy * (width, height)
-        return out
+                rows.append(xy * (width, height))
+        return np.array(rows, dtype=np.float64).reshape(len(rows), NUM_POINTS, 2)
 
 
 def default_dlib_predictor() -> str:
@@ -150,22 +151,23 @@ class DlibLandmarker(AbsFaceLandmarker):
     def __getstate__(self):  # dlib objects do not pickle; workers load their own
         return dict(self.__dict__, _models=None)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: Iterable[np.ndarray]) -> np.ndarray:
         import dlib
 
         if self._models is None:
             self._models = (dlib.get_frontal_face_detector(), dlib.shape_predictor(self.predictor_path))
         detector, predictor = self._models
-        out = np.full((len(frames), NUM_POINTS, 2), np.nan)
-        for t, frame in enumerate(frames):
+        rows = []
+        for frame in frames:
             frame = np.ascontiguousarray(frame)
             faces = detector(frame, self.upsample)
             if len(faces) == 0:
+                rows.append(np.full((NUM_POINTS, 2), np.nan))
                 continue
             face = max(faces, key=lambda r: r.width() * r.height())
             shape = predictor(frame, face)
-            out[t] = [(shape.part(i).x, shape.part(i).y) for i in range(NUM_POINTS)]
-        return out
+            rows.append([(shape.part(i).x, shape.part(i).y) for i in range(NUM_POINTS)])
+        return np.array(rows, dtype=np.float64).reshape(len(rows), NUM_POINTS, 2)
 
 
 LANDMARKERS: Dict[str, Type[AbsFaceLandmarker]] = {"mediapipe": MediapipeLandmarker, "dlib": DlibLandmarker}

@@ -18,9 +18,10 @@ Clips where the face was missed in some frames get a note in ``notes.tsv`` ("fac
 25 frames, 5 interpolated"); clips without a face are listed in ``bad_items.tsv`` and the
 filtering report.
 """
+import collections
 import os
 from fractions import Fraction
-from typing import Dict, Optional, Tuple
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,9 +35,9 @@ from espnet_omni_avsr.prep.sharding import WorkItem
 from espnet_omni_avsr.prep.video_prep import AbsVideoPrep, register_video_prep
 
 
-def read_rgb_video(path: str) -> Tuple[np.ndarray, Optional[float]]:
-    """(T, H, W, 3) uint8 RGB frames and the stream's frame rate; ItemError naming the file when
-    it does not open or decode (a truncated or corrupt mp4) or holds no frame."""
+def video_frame_rate(path: str) -> Optional[float]:
+    """The first video stream's frame rate (average, else guessed; None when the stream declares
+    none, i.e. 0); ItemError naming the file when it does not open or has no video stream."""
     import av
 
     try:
@@ -45,21 +46,85 @@ def read_rgb_video(path: str) -> Tuple[np.ndarray, Optional[float]]:
                 raise ItemError(f"video does not decode: {path} has no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     except ItemError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise ItemError(f"video does not decode: {path}: {e}") from None
-    if not frames:
-        raise ItemError(f"video does not decode: no frame in {path}")
-    return np.stack(frames), (float(Fraction(rate)) if rate else None)
+    return float(Fraction(rate)) if rate else None
+
+
+def source_index(k: int, src_fps: float, fps: float) -> int:
+    """The source frame shown at output time k / fps (before clamping to the clip's last frame)."""
+    return int(np.floor(k * src_fps / fps + 1e-6))
+
+
+def resampled_count(num_frames: int, src_fps: float, fps: float) -> int:
+    """Frames of a ``num_frames``-frame clip at ``src_fps`` once resampled to ``fps`` (at least 1)."""
+    return max(1, int(np.floor(num_frames * fps / src_fps + 1e-6)))
+
+
+def stream_resample(frames: Iterable, src_fps: float, fps: float) -> Iterator:
+    """:func:`resample_frames` over an iterable, one frame at a time: output frame k is emitted as
+    soon as the clip is known to hold more than k output frames (``resampled_count``), so memory
+    holds a few source frames, however long the clip."""
+    recent: Deque = collections.deque(maxlen=int(np.ceil(src_fps / fps)) + 2)
+    count = k = 0
+    for frame in frames:
+        recent.append(frame)
+        count += 1
+        while k < resampled_count(count, src_fps, fps):
+            j = min(source_index(k, src_fps, fps), count - 1)
+            yield recent[j - count]  # j >= count - len(recent): the deque is long enough
+            k += 1
+
+
+def iter_rgb_frames(path: str, fps: Optional[float] = None) -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames of the first video stream, decoded one at a time; with ``fps``
+    resampled as :func:`resample_frames` does (:func:`stream_resample`; a stream without a frame
+    rate is not resampled). ItemError naming the file when it does not open or decode, or holds
+    no frame."""
+    import av
+
+    src_fps = video_frame_rate(path)
+
+    def decoded() -> Iterator[np.ndarray]:
+        count = 0
+        try:
+            with av.open(path) as container:
+                for frame in container.decode(container.streams.video[0]):
+                    count += 1
+                    yield frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise ItemError(f"video does not decode: {path}: {e}") from None
+        if count == 0:
+            raise ItemError(f"video does not decode: no frame in {path}")
+
+    if fps is None or src_fps is None or abs(src_fps - fps) <= 0.01 * fps:
+        yield from decoded()
+    else:
+        yield from stream_resample(decoded(), src_fps, fps)
+
+
+def read_rgb_video(path: str) -> Tuple[np.ndarray, Optional[float]]:
+    """(T, H, W, 3) uint8 RGB frames and the stream's frame rate; ItemError naming the file when
+    it does not open or decode (a truncated or corrupt mp4) or holds no frame."""
+    rate = video_frame_rate(path)
+    return np.stack(list(iter_rgb_frames(path))), rate
 
 
 def resample_frames(frames: np.ndarray, src_fps: float, fps: float) -> np.ndarray:
     """Frames at ``fps``: for output time k / fps the source frame shown then."""
-    count = max(1, int(np.floor(len(frames) * fps / src_fps + 1e-6)))
-    index = np.minimum(np.floor(np.arange(count) * src_fps / fps + 1e-6).astype(int), len(frames) - 1)
+    count = resampled_count(len(frames), src_fps, fps)
+    index = np.minimum([source_index(k, src_fps, fps) for k in range(count)], len(frames) - 1)
     return frames[index]
+
+
+def gray_frames(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """RGB frames -> (H, W) uint8 gray (OpenCV's BT.601 luma), one at a time."""
+    import cv2
+
+    for frame in frames:
+        yield cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
 class FaceVideoPrep(AbsVideoPrep):
@@ -101,30 +166,49 @@ class FaceVideoPrep(AbsVideoPrep):
         """(T, 68, 2) landmarks of the RGB frames, NaN rows where no face."""
         raise NotImplementedError
 
-    def process(self, item: WorkItem) -> Dict:
-        import cv2
+    # The steps of `process`, usable one by one (bin/transcribe streams a clip through them twice:
+    # landmarks, then crops, without holding its frames).
+    def frames(self, path: str) -> Iterator[np.ndarray]:
+        """The clip's RGB frames at ``fps``, decoded one at a time (:func:`iter_rgb_frames`)."""
+        return iter_rgb_frames(path, self.fps)
 
-        frames, src_fps = read_rgb_video(item.path)
-        notes = []
+    def resample_note(self, path: str) -> List[str]:
+        """["resampled 30 -> 25 fps"] when the clip is resampled, else []."""
+        src_fps = video_frame_rate(path)
         if src_fps is not None and abs(src_fps - self.fps) > 0.01 * self.fps:
-            frames = resample_frames(frames, src_fps, self.fps)
-            notes.append(f"resampled {src_fps:g} -> {self.fps:g} fps")
-        self.check_length(frames, item.path)
-        raw = self.track(item, frames)
+            return [f"resampled {src_fps:g} -> {self.fps:g} fps"]
+        return []
+
+    def face_track(self, raw: np.ndarray, path: str) -> Tuple[np.ndarray, int, List[str]]:
+        """Raw landmarks (NaN rows where no face) -> (the interpolated, smoothed track, frames with a
+        face, notes). ItemError when no frame, or fewer than ``min_face_fraction``, has a face."""
         found = int(detected(raw).sum())
         if found == 0:
-            raise ItemError(f"no face found in any of the {len(frames)} frames of {item.path}")
-        if found < self.min_face_fraction * len(frames):
-            raise ItemError(f"face found in only {found} of {len(frames)} frames of {item.path} "
+            raise ItemError(f"no face found in any of the {len(raw)} frames of {path}")
+        if found < self.min_face_fraction * len(raw):
+            raise ItemError(f"face found in only {found} of {len(raw)} frames of {path} "
                             f"(< min_face_fraction {self.min_face_fraction:g})")
-        if found < len(frames):
-            notes.append(f"face found in {found} of {len(frames)} frames, {len(frames) - found} interpolated")
-        track = smooth(interpolate_missing(raw), self.smooth_window)
-        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        notes = []
+        if found < len(raw):
+            notes.append(f"face found in {found} of {len(raw)} frames, {len(raw) - found} interpolated")
+        return smooth(interpolate_missing(raw), self.smooth_window), found, notes
+
+    def crop(self, frames: Iterable[np.ndarray], track: np.ndarray, path: str) -> np.ndarray:
+        """RGB frames (an array or an iterable) + their track -> (T, size, size) uint8 mouth crops."""
         try:
-            crops, _ = mouth_crops(gray, track, self.mean_face, self.size)
+            crops, _ = mouth_crops(gray_frames(frames), track, self.mean_face, self.size)
         except ValueError as e:
-            raise ItemError(f"{item.path}: {e}") from None
+            raise ItemError(f"{path}: {e}") from None
+        return crops
+
+    def process(self, item: WorkItem) -> Dict:
+        frames = np.stack(list(self.frames(item.path)))
+        notes = self.resample_note(item.path)
+        self.check_length(frames, item.path)
+        raw = self.track(item, frames)
+        track, found, face_notes = self.face_track(raw, item.path)
+        notes += face_notes
+        crops = self.crop(frames, track, item.path)
         out = self.write_roi(item.uid, crops)
         outputs = [out]
         if self.save_landmarks:
@@ -143,14 +227,17 @@ class _DetectorVideoPrep(FaceVideoPrep):
 
     backend = ""
 
-    def __init__(self, video_dir: str, backend_conf: Optional[Dict] = None, **conf):
+    def __init__(self, video_dir: str, backend_conf: Optional[Dict] = None,
+                 landmarker: Optional[AbsFaceLandmarker] = None, **conf):
         super().__init__(video_dir, **conf)
-        self.landmarker: AbsFaceLandmarker = build_landmarker(self.backend, **dict(backend_conf or {}))
+        if landmarker is not None and backend_conf:
+            raise PrepError("give backend_conf or a built landmarker, not both")
+        self.landmarker: AbsFaceLandmarker = landmarker or build_landmarker(self.backend, **dict(backend_conf or {}))
 
     def config(self) -> Dict:
         return dict(super().config(), landmarker=self.landmarker.config())
 
-    def track(self, item: WorkItem, frames: np.ndarray) -> np.ndarray:
+    def track(self, item: WorkItem, frames: Iterable[np.ndarray]) -> np.ndarray:
         return self.landmarker(frames)
 
 
