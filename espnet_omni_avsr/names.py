@@ -364,6 +364,29 @@ def parse_condition_label(label: str) -> Tuple[str, Dict[str, Condition]]:
     return name, out
 
 
+def parse_conditions(text: str) -> Dict[str, Condition]:
+    """The conditions part of a condition label, without the task: ``a16v5`` -> {"audio": 16,
+    "video": 5}, ``v2`` -> {"video": 2}; a whole label (``avsr_a16v5``) is taken too. What the tools
+    that pick conditions (``--rates``) read. Anything else is a ValueError naming the text."""
+    rest = text.split("_", 1)[1] if "_" in text else text
+    out: Dict[str, Condition] = {}
+    pos = 0
+    for m in MODALITIES:
+        tag = MODALITIES[m].tag
+        if not rest.startswith(tag, pos):
+            continue
+        match = _PART_RE.match(rest, pos + len(tag))
+        if match is None:
+            break
+        part = match.group()
+        out[m] = int(part) if _INT_RE.fullmatch(part) else part
+        pos = match.end()
+    if not out or pos != len(rest):
+        tags = ", ".join(f"{MODALITIES[m].tag} = {m}" for m in MODALITIES)
+        raise ValueError(f"{text!r}: expected conditions such as a16v5 or v2 (modality tags: {tags})")
+    return out
+
+
 def condition_columns(conditions: Mapping[str, Condition], missing: str = "-") -> List[str]:
     """One field per modality, in ``MODALITIES`` order (``missing`` where a modality has none): the
     columns of the shell's condition listings and of decoding jobs."""

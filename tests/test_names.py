@@ -259,3 +259,15 @@ def test_module_imports_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
                           text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_parse_conditions_reads_the_conditions_part_of_a_label():
+    from espnet_omni_avsr.names import parse_conditions
+
+    assert parse_conditions("a16v5") == {"audio": 16, "video": 5}
+    assert parse_conditions("avsr_a4v2") == {"audio": 4, "video": 2}
+    assert parse_conditions("v2") == {"video": 2}
+    assert parse_conditions("aq3v2") == {"audio": "q3", "video": 2}
+    for bad in ("audio=16", "", "a16x", "v2a4"):
+        with pytest.raises(ValueError, match="expected conditions such as a16v5"):
+            parse_conditions(bad)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from espnet_omni_avsr.analysis import sink_plots
 from espnet_omni_avsr.analysis.sinks import RowAnalysis, SinkRule, SinkStats, analyze_row
-from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES, TEXT, condition_label, data_triples
+from espnet_omni_avsr.names import TASK_MODALITIES, TEXT, condition_label, data_triples, parse_conditions
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 
@@ -59,23 +59,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_rates(texts: Optional[List[str]]) -> Optional[List[Dict[str, int]]]:
-    """["a16v5", "a4"] -> [{"audio": 16, "video": 5}, {"audio": 4}]: the conditions part of a
-    condition label (names.py: each modality's tag and rate), as expert_usage takes them."""
-    import re
-
+    """["a16v5", "a4"] -> [{"audio": 16, "video": 5}, {"audio": 4}] (`names.parse_conditions`)."""
     if not texts:
         return None
-    tags = {MODALITIES[m].tag: m for m in MODALITIES}
-    part = re.compile("(" + "|".join(map(re.escape, tags)) + r")(\d+)")
-    out = []
-    for text in texts:
-        text = text.split("_", 1)[1] if "_" in text else text  # avsr_a16v5 -> a16v5
-        parts = part.findall(text)
-        if not parts or "".join(t + r for t, r in parts) != text:
-            raise SystemExit(f"--rates {text!r}: expected tags and rates such as a16v5 or v2 "
-                             f"(tags: {', '.join(f'{t} = {m}' for t, m in tags.items())})")
-        out.append({tags[t]: int(r) for t, r in parts})
-    return out
+    try:
+        return [parse_conditions(t) for t in texts]
+    except ValueError as e:
+        raise SystemExit(f"--rates {e}") from e
 
 
 def use_eager_attention(decoder) -> None:

@@ -2,7 +2,7 @@
 """Transcribe face videos with their sound: raw media in, one transcript per input out.
 
     python -m espnet_omni_avsr.bin.transcribe --model exp/<tag>/packed/<tag>.tar INPUT... \
-        [--output_dir DIR] [--task asr|vsr|avsr] [--rates audio=16,video=5] [--batch_size 8] \
+        [--output_dir DIR] [--task asr|vsr|avsr] [--rates a16v5] [--batch_size 8] \
         [--beam_size 1] [--length_penalty 1.0] [--max_new_tokens N] [--device auto|cpu|cuda[:N]] \
         [--save_crops] [--face_backend mediapipe|dlib] [--max_segment_seconds S]
 
@@ -40,7 +40,7 @@ import yaml
 
 from espnet_omni_avsr.inference.media import MEDIA_EXTS
 from espnet_omni_avsr.inference.transcriber import DEFAULT_CUT_SEARCH_SECONDS, Transcriber
-from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES
+from espnet_omni_avsr.names import TASK_MODALITIES, parse_conditions
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 
 LIST_EXTS = (".txt", ".lst", ".list", ".scp")
@@ -53,8 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None, help="write <name>.json per input (and crops/ with --save_crops)")
     p.add_argument("--task", choices=sorted(TASK_MODALITIES), default=None,
                    help="force a task (default: from the streams of each input)")
-    p.add_argument("--rates", default=None, metavar="audio=R,video=R",
-                   help="compression rates among the trained ones (elastic inference; default: the first trained)")
+    p.add_argument("--rates", default=None, metavar="CONDITION",
+                   help="compression rates among the trained ones, as in condition labels: a16v5, a4 "
+                        "(elastic inference; default: the first trained)")
     p.add_argument("--batch_size", type=int, default=8, help="segments decoded together")
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy search; >1: beam search (HF num_beams)")
     p.add_argument("--length_penalty", type=float, default=1.0, help="beam search's length penalty (HF)")
@@ -77,18 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_rates(text: Optional[str]) -> Dict[str, int]:
-    """'audio=16,video=5' -> {"audio": 16, "video": 5}; ValueError for anything else."""
-    rates = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or name not in MODALITIES or not value.strip().isdigit():
-            raise ValueError(f"--rates: expected modality=integer pairs such as audio=16,video=5 "
-                             f"(modalities {list(MODALITIES)}), got {part!r}")
-        rates[name] = int(value)
-    return rates
+    """'a16v5' -> {"audio": 16, "video": 5} (`names.parse_conditions`); ValueError for anything else."""
+    return parse_conditions(text.strip()) if text and text.strip() else {}
 
 
 def expand_inputs(inputs: List[str]) -> List[str]:

@@ -229,5 +229,5 @@ def test_rates_are_condition_labels():
 
     assert parse_rates(["a16v5", "avsr_a4v2", "v2"]) == [{"audio": 16, "video": 5}, {"audio": 4, "video": 2},
                                                         {"video": 2}]
-    with pytest.raises(SystemExit, match="expected tags and rates"):
+    with pytest.raises(SystemExit, match="expected conditions such as a16v5"):
         parse_rates(["audio=4"])

@@ -113,7 +113,7 @@ def test_an_avsr_only_model_fails_what_it_cannot_read(inputs, avsr_exp, tmp_path
 def test_forced_task_and_rates(inputs, multitask_exp, tmp_path, capsys):
     out = tmp_path / "out"
     code = transcribe.main(["--model", str(multitask_exp), inputs["face"], inputs["wall"], "--task", "avsr",
-                            "--rates", "audio=16,video=5", "--output_dir", str(out), "--max_new_tokens", "2"])
+                            "--rates", "a16v5", "--output_dir", str(out), "--max_new_tokens", "2"])
     assert code == 1
     face = json.loads((out / "face.json").read_text())
     assert face["task"] == "avsr" and face["condition"] == "avsr_a16v5"
@@ -138,7 +138,7 @@ def test_bad_model_and_arguments(inputs, multitask_exp, avsr_exp, tmp_path, capl
     assert "neither a model archive nor a directory" in caplog.text
     assert transcribe.main(["--model", str(avsr_exp), inputs["face"], "--task", "vsr"]) == 2
     assert "the model was trained for avsr only" in caplog.text
-    assert transcribe.main(["--model", str(multitask_exp), inputs["face"], "--rates", "audio=8"]) == 2
+    assert transcribe.main(["--model", str(multitask_exp), inputs["face"], "--rates", "a8"]) == 2
     assert "audio rate 8 is not one this branch was trained at: [4, 16]" in caplog.text
     with pytest.raises(SystemExit):  # argparse: exit status 2
         transcribe.main(["--model", str(multitask_exp), inputs["face"], "--rates", "audio:8"])
@@ -153,4 +153,4 @@ def test_folder_input_and_names(inputs, tmp_path):
     found = transcribe.expand_inputs([str(folder)])
     assert found == [str(folder / "b.mp4"), str(folder / "sub" / "b.MKV")]
     assert transcribe.output_names(found) == ["b", "b-2"]
-    assert transcribe.parse_rates("audio=16, video=5") == {"audio": 16, "video": 5}
+    assert transcribe.parse_rates("a16v5") == {"audio": 16, "video": 5}
