@@ -46,9 +46,12 @@ def test_forward_backward_and_stats(tiny_avsr):
     model, _ = tiny_avsr
     batch = make_batch(model.decoder.tokenizer)
     loss, stats, weight = model(**batch)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    # 1-dim, as ESPnet's models return them (force_gatherable): DataParallel gathers them, and the
+    # distributed trainer's recursive_average asserts it
+    assert loss.shape == (1,) and torch.isfinite(loss).all()
+    assert all(v.shape == (1,) for v in stats.values()), {k: v.shape for k, v in stats.items()}
     assert set(stats) >= {"loss", "acc"} and 0 <= stats["acc"] <= 1
-    assert weight == 2
+    assert weight.shape == (1,) and int(weight) == 2
     loss.backward()
     for name, p in model.named_parameters():
         if p.requires_grad and ("projector" in name or "lora_" in name):
