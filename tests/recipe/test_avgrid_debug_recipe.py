@@ -3,6 +3,7 @@ utterances, one epoch), in a temporary copy of the recipe directory."""
 import os
 import re
 import subprocess
+import sys
 
 import soundfile
 
@@ -18,6 +19,40 @@ def _recipe_copy(tmp_path):
     for name in ("run.sh", "avsr.sh", "path.sh", "conf", "local"):
         os.symlink(os.path.realpath(os.path.join(RECIPE, name)), tmp_path / name)
     return tmp_path
+
+
+def test_clean_test_sets_only(tmp_path):
+    """`--snrs ""`: stage 5 makes the babble (the training noise) and no noisy test set, and stage
+    10's job list holds the clean sets only (so stages 10 and 11 expect no noisy copies)."""
+    import yaml
+
+    from tests.prep.test_noise import _write_set
+
+    work = _recipe_copy(tmp_path)
+    _write_set(work / "dump" / "train", n_spk=3, n_utt_per_spk=2, seed=1)
+    _write_set(work / "dump" / "test", n_spk=2, n_utt_per_spk=2, seed=2)
+    config = work / "train.yaml"
+    config.write_text(yaml.safe_dump({"model_conf": {"tasks": ["avsr", "asr"]}, "audio_frontend": "whisper_logmel",
+                                      "audio_compressor_conf": {"rate": 4}, "video_frontend": "pixel",
+                                      "video_compressor_conf": {"rate": 2}}))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run(["./avsr.sh", "--stage", "5", "--stop_stage", "5", "--train_config", str(config),
+                           "--snrs", ""], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (work / "dump" / "noise" / "babble.wav").is_file()
+    assert sorted(p.name for p in (work / "dump").iterdir()) == ["noise", "test", "train"]
+    jobs = subprocess.run([sys.executable, "-m", "espnet_omni_avsr.names", "decode-jobs", "--config", str(config),
+                           "--test_sets", "test", "--snrs=", "--dump_dir", "dump", "--exp_dir", "exp/m",
+                           "--inference_tag", "greedy"], env=env, capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in jobs.stdout.splitlines()]
+    assert [(r[0], r[1], r[2].rsplit("/", 1)[-1]) for r in rows] == [
+        ("avsr", "dump/test", "snr_clean"), ("asr", "dump/test", "snr_clean")]
+    # the same stage with SNRs makes their copies
+    proc = subprocess.run(["./avsr.sh", "--stage", "5", "--stop_stage", "5", "--train_config", str(config),
+                           "--snrs", "0"], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (work / "dump" / "test_snr0" / ".done").is_file()
 
 
 def test_debug_recipe_all_stages(tmp_path):
