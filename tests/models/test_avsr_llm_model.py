@@ -131,11 +131,31 @@ def test_task_without_branch_is_refused(tiny_llm_dir, tiny_whisper_dir):
 
 @pytest.mark.parametrize("task", ["asr", "vsr"])
 def test_single_modality_tasks(tiny_llm_dir, tiny_whisper_dir, task):
+    """ASR reads the audio only and VSR the video only: the other input may be absent or anything,
+    only the task's own branch (and the LoRA) trains, and the prompt holds only its tokens."""
+    torch.manual_seed(0)
     model, _ = build(tiny_config(tiny_llm_dir, tiny_whisper_dir, task=task))
-    batch = make_batch(model.decoder.tokenizer)
-    batch.pop("video" if task == "asr" else "speech")
+    used, other = ("audio", "video") if task == "asr" else ("video", "audio")
+    other_input = "video" if task == "asr" else "speech"
+    full = make_batch(model.decoder.tokenizer)
+    batch = dict(full)
+    batch.pop(other_input)
+    batch.pop(other_input + "_lengths")
+    model.eval()
+    with torch.no_grad():
+        alone, stats, _ = model(**batch)
+        scrambled = dict(full, **{other_input: torch.zeros_like(full[other_input])})
+        assert torch.equal(model(**scrambled)[0], alone)  # the other modality is not read
+    assert torch.isfinite(alone).all() and alone.item() > 0 and {"loss", "acc"} <= set(stats)
+    model.train()
     loss, _, _ = model(**batch)
-    loss.backward()
+    loss.sum().backward()
+    trained = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert used in trained and "decoder" in trained and other not in trained, trained
+    model.eval()
+    hyps, n_tokens = model.recognize(**{k: v for k, v in batch.items() if not k.startswith("text")}, max_new_tokens=2)
+    assert len(hyps) == 2
+    assert n_tokens.tolist() == [13, 8]  # 1.0 s and 0.6 s: ceil(50 s / 4) audio or ceil(25 s / 2) video tokens
 
 
 def test_batched_greedy_matches_one_at_a_time(tiny_avsr):
