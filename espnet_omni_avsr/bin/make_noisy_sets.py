@@ -10,7 +10,8 @@
     python -m espnet_omni_avsr.bin.make_noisy_sets --noise_dir /data/musan/noise --src dump/test --snrs 0 -5
     python -m espnet_omni_avsr.bin.make_noisy_sets --noise my_noise.wav --src dump/test --snrs 0
 
-Without --src only the babble is made. Each noisy set <src>_snr<X> (beside --src, or under --out_root)
+Without --src, or with an empty --snrs (the recipes' `--snrs ""`: clean test sets only), only the
+babble is made (the training noise). Each noisy set <src>_snr<X> (beside --src, or under --out_root)
 holds wav/, wav.scp, snr.tsv, .done and the other files of --src copied. Definitions (SNR, babble,
 segment choice, clipping): espnet_omni_avsr/prep/noise.py. Finished outputs are skipped on a rerun
 with the same arguments; other arguments are an error unless --force.
@@ -54,7 +55,8 @@ def get_parser() -> argparse.ArgumentParser:
     n.add_argument("--noise_dir", help="a folder searched recursively for *.wav (MUSAN-style)")
     m = p.add_argument_group("noisy sets")
     m.add_argument("--src", nargs="+", default=[], help="Kaldi-style dirs with wav.scp (16 kHz mono)")
-    m.add_argument("--snrs", type=float, nargs="+", default=[], help="SNRs in dB, one output set each")
+    m.add_argument("--snrs", type=float, nargs="*", default=None,
+                   help="SNRs in dB, one output set each; given without values: no noisy sets")
     m.add_argument("--out_root", default=None, help="where <src name>_snr<X> dirs go (default: beside each --src)")
     m.add_argument("--subtype", default="PCM_16", help="soundfile subtype of the written wavs")
     p.add_argument("--seed", type=int, default=0, help="babble seed; with the utterance id, fixes each segment")
@@ -68,8 +70,10 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    if bool(args.src) != bool(args.snrs):
-        parser.error("--src and --snrs go together")
+    if bool(args.src) != (args.snrs is not None):
+        parser.error("--src and --snrs go together (an empty --snrs makes no noisy sets)")
+    if args.src and not args.snrs:
+        logging.info(f"no SNRs given: no noisy copies of {' '.join(args.src)}")
     own_noise = args.noise or args.noise_dir
     if not own_noise and not (args.train_dir and args.noise_out):
         parser.error("give --train_dir and --noise_out (babble), or --noise / --noise_dir")
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
             bank = NoiseBank([babble])
         for src in (Path(s.rstrip("/")) for s in args.src):
             out_root = Path(args.out_root) if args.out_root else src.parent
-            for snr in args.snrs:
+            for snr in args.snrs or []:
                 out = out_root / noisy_set_name(src.name, snr)
                 r = make_noisy_set(src, out, bank, snr, seed=args.seed, subtype=args.subtype,
                                    force=args.force, progress=not args.no_progress)

@@ -1,12 +1,15 @@
 """Per-utterance preprocessing in the data loader: LLM tokenization, input checks, training noise."""
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
+from espnet2.iterators.abs_iter_factory import AbsIterFactory
 from espnet2.train.preprocessor import AbsPreprocessor
 
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer
 from espnet_omni_avsr.names import MODALITIES, TEXT
-from espnet_omni_avsr.prep.noise import NoiseAugmenter
+from espnet_omni_avsr.prep.noise import NoiseAugmenter, derive_seed
+
+DEFAULT_NOISE_SEED = 0
 
 
 class AVSRPreprocessor(AbsPreprocessor):
@@ -28,7 +31,14 @@ class AVSRPreprocessor(AbsPreprocessor):
         noise_snrs: SNRs in dB drawn uniformly per utterance; ``clean`` (or null) keeps it clean.
             The papers draw from {-5, 0, 5, 10, 15, 20, clean}.
         noise_prob: probability that an utterance is considered for noise at all.
-        noise_seed: seed of the draws (with the DataLoader worker id); None: fresh each run.
+        noise_seed: seed of the noise draws (default 0). The draws for utterance `uid` in epoch `e`
+            (whether to add noise, the SNR, the noise file and offset) come from a generator seeded
+            with ``derive_seed(noise_seed, f"epoch{e}/{uid}")`` (prep/noise.py: sha256 of both):
+            the same noise for an utterance in every run, whatever the DataLoader worker, the
+            process (DDP rank) or the order that reads it, and other noise in every epoch, drawn as
+            before (each utterance and epoch independently). The epoch comes from the training
+            iterator (`EpochAwareIterFactory`, set by the task); 0 until it is set.
+            None: fresh random noise in every run (not reproducible).
     """
 
     def __init__(
@@ -45,7 +55,7 @@ class AVSRPreprocessor(AbsPreprocessor):
         noise: Optional[Union[str, Sequence[str]]] = None,
         noise_snrs: Sequence[Union[float, str, None]] = (-5, 0, 5, 10, 15, 20, "clean"),
         noise_prob: float = 1.0,
-        noise_seed: Optional[int] = None,
+        noise_seed: Optional[int] = DEFAULT_NOISE_SEED,
     ):
         super().__init__(train)
         if text_case not in ("lower", "upper", "keep"):
@@ -57,8 +67,20 @@ class AVSRPreprocessor(AbsPreprocessor):
         self.max_av_offset = max_av_offset
         self.text_name, self.speech_name, self.video_name = text_name, speech_name, video_name
         self.augment = None
+        self.noise_seed = None if noise_seed is None else int(noise_seed)
+        self.epoch = 0
         if train and noise:
-            self.augment = NoiseAugmenter(noise, [_snr(x) for x in noise_snrs], prob=noise_prob, seed=noise_seed)
+            self.augment = NoiseAugmenter(noise, [_snr(x) for x in noise_snrs], prob=noise_prob)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next utterances are read for (seeds the training noise)."""
+        self.epoch = int(epoch)
+
+    def noise_rng(self, uid: str) -> Optional[np.random.Generator]:
+        """The generator of utterance `uid`'s noise draws in the current epoch (None: unseeded)."""
+        if self.noise_seed is None:
+            return None
+        return np.random.default_rng(derive_seed(self.noise_seed, f"epoch{self.epoch}/{uid}"))
 
     def normalize_text(self, text: str) -> str:
         text = " ".join(text.split())
@@ -85,7 +107,7 @@ class AVSRPreprocessor(AbsPreprocessor):
                 raise ValueError(f"utterance {uid}: empty audio")
             speech = speech.astype(np.float32, copy=False)
             if self.augment is not None:
-                speech = self.augment(speech)
+                speech = self.augment(speech, self.noise_rng(uid))
             data[self.speech_name] = speech
         video = data.get(self.video_name)
         if video is not None:
@@ -100,6 +122,32 @@ class AVSRPreprocessor(AbsPreprocessor):
                     )
         return data
 
+
+class EpochAwareIterFactory(AbsIterFactory):
+    """An ESPnet iterator factory that tells the preprocessor(s) of its dataset(s) the epoch before
+    building that epoch's iterator (DataLoader workers, forked or spawned when the iterator starts,
+    get the preprocessor with the epoch set)."""
+
+    def __init__(self, factory: AbsIterFactory):
+        self.factory = factory
+        self.preprocessors = _epoch_aware_preprocessors(factory)
+
+    def build_iter(self, epoch: int, shuffle: Optional[bool] = None) -> Iterator:
+        for pre in self.preprocessors:
+            pre.set_epoch(epoch)
+        return self.factory.build_iter(epoch, shuffle)
+
+
+def _epoch_aware_preprocessors(factory: object, depth: int = 0) -> List[AVSRPreprocessor]:
+    """The preprocessors with `set_epoch` of a factory's dataset, and of the factories it wraps
+    (ESPnet's chunk iterators wrap a sequence iterator)."""
+    pre = getattr(getattr(factory, "dataset", None), "preprocess", None)
+    found = [pre] if callable(getattr(pre, "set_epoch", None)) else []
+    if depth < 3:
+        for value in vars(factory).values():
+            if isinstance(value, AbsIterFactory):
+                found += _epoch_aware_preprocessors(value, depth + 1)
+    return found
 
 
 def _snr(value: Union[float, str, None]) -> Optional[float]:

@@ -7,6 +7,7 @@ loss terms of the config (`losses:`) turn the step record into the loss.
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
@@ -154,8 +155,9 @@ class AVSRLLMModel(AbsESPnetModel):
             weighted = term.weight * out.loss
             loss = weighted if loss is None else loss + weighted
         stats["loss"] = loss.detach()
-        weight = torch.tensor(float(text.size(0)), device=loss.device)
-        return loss, stats, weight
+        # 1-dim tensors, as ESPnet's models return: DataParallel gathers them and the distributed
+        # trainer's recursive_average weights them by the batch size
+        return force_gatherable((loss, stats, text.size(0)), loss.device)
 
     def run_llm(self, step: StepRecord) -> None:
         """The step's jobs through the LLM: one pass per group (`batched_tasks`, the adapter's

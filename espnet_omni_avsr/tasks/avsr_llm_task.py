@@ -31,7 +31,7 @@ from espnet_omni_avsr.compression.avg_pool_compressor import AvgPoolCompressor
 from espnet_omni_avsr.compression.stack_compressor import StackCompressor
 from espnet_omni_avsr.data.collate import AVSRCollateFn
 from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
-from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor
+from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor, EpochAwareIterFactory
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.encoders.avhubert_encoder import AVHubertEncoder
 from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
@@ -275,6 +275,12 @@ class AVSRLLMTask(AbsTask):
         if conf["tokenizer_dir"] is None:
             raise ValueError("set decoder_conf.model_dir (or preprocessor_conf.tokenizer_dir) to a local LLM folder")
         return preprocessor_choices.get_class(args.preprocessor)(train=train, **conf)
+
+    @classmethod
+    def build_iter_factory(cls, args, distributed_option, mode, kwargs=None):
+        # the training preprocessor seeds its noise by utterance and epoch: tell it the epoch
+        factory = super().build_iter_factory(args, distributed_option, mode, kwargs)
+        return EpochAwareIterFactory(factory) if mode == "train" else factory
 
     @classmethod
     def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:

@@ -73,14 +73,27 @@ def test_collect_stats_train_resume_decode(tmp_path, tiny_llm_dir, tiny_whisper_
     _run(common + _data_args("train", train) + _data_args("valid", valid) + shapes + ["--output_dir", str(exp)],
          cwd=tmp_path)
     assert (exp / "1epoch.pth").is_file() and (exp / "config.yaml").is_file()
-    # a second epoch resumes from the checkpoint
-    _run(common + _data_args("train", train) + _data_args("valid", valid) + shapes + [
+    epoch1 = (exp / "1epoch.pth").read_bytes()
+    # a second epoch resumes from the checkpoint: it trains epoch 2 only, leaves epoch 1's model as
+    # it was, and ends where one uninterrupted 2-epoch run ends (model, optimizer and the per-epoch
+    # seeds restored)
+    resumed = _run(common + _data_args("train", train) + _data_args("valid", valid) + shapes + [
         "--output_dir", str(exp), "--max_epoch", "2", "--resume", "true"], cwd=tmp_path)
-    assert (exp / "2epoch.pth").is_file()
-    # checkpoints hold what was trained, not the frozen LLM / Whisper weights
+    assert "2/2epoch started" in resumed.stderr and "1/2epoch started" not in resumed.stderr
+    assert (exp / "1epoch.pth").read_bytes() == epoch1
+    full = tmp_path / "exp_full"
+    _run(common + _data_args("train", train) + _data_args("valid", valid) + shapes + [
+        "--output_dir", str(full), "--max_epoch", "2"], cwd=tmp_path)
     import torch
 
     state = torch.load(exp / "2epoch.pth", weights_only=True)
+    after_one = torch.load(exp / "1epoch.pth", weights_only=True)
+    uninterrupted = torch.load(full / "2epoch.pth", weights_only=True)
+    assert sorted(state) == sorted(uninterrupted)
+    for k, v in state.items():
+        assert torch.allclose(v.float(), uninterrupted[k].float(), rtol=0, atol=1e-6), k
+    assert any(not torch.equal(v, after_one[k]) for k, v in state.items())  # epoch 2 trained
+    # checkpoints hold what was trained, not the frozen LLM / Whisper weights
     assert not any(k.startswith("decoder.llm") and "lora_" not in k for k in state)
 
     # decode with the CLI and with the library class

@@ -46,9 +46,12 @@ def test_forward_backward_and_stats(tiny_avsr):
     model, _ = tiny_avsr
     batch = make_batch(model.decoder.tokenizer)
     loss, stats, weight = model(**batch)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    # 1-dim, as ESPnet's models return them (force_gatherable): DataParallel gathers them, and the
+    # distributed trainer's recursive_average asserts it
+    assert loss.shape == (1,) and torch.isfinite(loss).all()
+    assert all(v.shape == (1,) for v in stats.values()), {k: v.shape for k, v in stats.items()}
     assert set(stats) >= {"loss", "acc"} and 0 <= stats["acc"] <= 1
-    assert weight == 2
+    assert weight.shape == (1,) and int(weight) == 2
     loss.backward()
     for name, p in model.named_parameters():
         if p.requires_grad and ("projector" in name or "lora_" in name):
@@ -128,11 +131,31 @@ def test_task_without_branch_is_refused(tiny_llm_dir, tiny_whisper_dir):
 
 @pytest.mark.parametrize("task", ["asr", "vsr"])
 def test_single_modality_tasks(tiny_llm_dir, tiny_whisper_dir, task):
+    """ASR reads the audio only and VSR the video only: the other input may be absent or anything,
+    only the task's own branch (and the LoRA) trains, and the prompt holds only its tokens."""
+    torch.manual_seed(0)
     model, _ = build(tiny_config(tiny_llm_dir, tiny_whisper_dir, task=task))
-    batch = make_batch(model.decoder.tokenizer)
-    batch.pop("video" if task == "asr" else "speech")
+    used, other = ("audio", "video") if task == "asr" else ("video", "audio")
+    other_input = "video" if task == "asr" else "speech"
+    full = make_batch(model.decoder.tokenizer)
+    batch = dict(full)
+    batch.pop(other_input)
+    batch.pop(other_input + "_lengths")
+    model.eval()
+    with torch.no_grad():
+        alone, stats, _ = model(**batch)
+        scrambled = dict(full, **{other_input: torch.zeros_like(full[other_input])})
+        assert torch.equal(model(**scrambled)[0], alone)  # the other modality is not read
+    assert torch.isfinite(alone).all() and alone.item() > 0 and {"loss", "acc"} <= set(stats)
+    model.train()
     loss, _, _ = model(**batch)
-    loss.backward()
+    loss.sum().backward()
+    trained = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert used in trained and "decoder" in trained and other not in trained, trained
+    model.eval()
+    hyps, n_tokens = model.recognize(**{k: v for k, v in batch.items() if not k.startswith("text")}, max_new_tokens=2)
+    assert len(hyps) == 2
+    assert n_tokens.tolist() == [13, 8]  # 1.0 s and 0.6 s: ceil(50 s / 4) audio or ceil(25 s / 2) video tokens
 
 
 def test_batched_greedy_matches_one_at_a_time(tiny_avsr):

@@ -57,14 +57,32 @@ def test_all_pairs_loss_is_the_mean_over_rates(mtsk):
 
 
 def test_one_pair_draws_one_rate_per_modality_in_training(tiny_llm_dir, tiny_whisper_dir):
+    """Each training step draws one rate per modality, the same for every task that uses the
+    modality (ASR and AVSR hear the same audio rate, VSR and AVSR see the same video rate); the
+    draw changes from step to step and reaches every pair; only the drawn rates' projectors train."""
     model, _ = build(_config(tiny_llm_dir, tiny_whisper_dir, rate_sampling="one_pair"))
     batch = make_batch(model.decoder.tokenizer)
     model.train()
-    seen = set()
-    for seed in range(12):
+    ran = []
+    draw = model.schedule.jobs
+    model.schedule.jobs = lambda training: ran.append(draw(training)) or ran[-1]
+    pairs = []
+    for seed in range(16):
         torch.manual_seed(seed)
-        _, stats, _ = model(**batch)
+        model.zero_grad(set_to_none=True)
+        loss, stats, _ = model(**batch)
+        loss.sum().backward()
         assert not any(k.startswith("loss_avsr_") for k in stats)  # one condition per task
+        jobs = {job.task: job.condition_map for job in ran[-1]}
+        assert sorted(jobs) == ["asr", "avsr", "vsr"] and len(ran[-1]) == 3
+        assert jobs["asr"]["audio"] == jobs["avsr"]["audio"] and jobs["vsr"]["video"] == jobs["avsr"]["video"]
+        pair = (jobs["avsr"]["audio"], jobs["avsr"]["video"])
+        with_grad = {(m, rate) for m in ("audio", "video") for rate, proj in getattr(model, m).projectors.items()
+                     if any(p.grad is not None for p in proj.parameters())}
+        assert with_grad == {("audio", pair[0]), ("video", pair[1])}, (pair, with_grad)
+        pairs.append(pair)
+    assert len(set(pairs[:4])) > 1, f"the first steps all drew {pairs[0]}"
+    assert set(pairs) == {("2", "1"), ("2", "2"), ("4", "1"), ("4", "2")}, pairs
     model.eval()
     _, stats, _ = model(**batch)  # validation covers every pair
     seen = {k for k in stats if k.startswith("loss_avsr_")}

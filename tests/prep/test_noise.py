@@ -234,3 +234,20 @@ def test_cli(dirs, tmp_path, capsys):
     assert make_noisy_sets.main(["--noise", str(babble), "--src", str(tmp_path / "nope"), "--snrs", "0"]) == 1
     with pytest.raises(SystemExit):
         make_noisy_sets.main(["--src", str(src), "--snrs", "0"])  # no noise source
+    with pytest.raises(SystemExit):
+        make_noisy_sets.main(["--noise", str(babble), "--src", str(src)])  # --src without --snrs
+
+
+def test_cli_without_snrs_makes_the_babble_only(dirs, tmp_path, capsys):
+    """`--snrs` without values (the recipes' --snrs ""): clean test sets only, but the babble the
+    training noise reads is still made."""
+    _, train, test, _ = dirs
+    src = tmp_path / "test"
+    shutil.copytree(test, src)
+    argv = ["--train_dir", str(train), "--noise_out", str(tmp_path / "noise"), "--num_speakers", "2",
+            "--babble_duration", "1", "--src", str(src), "--snrs", "--no_progress"]
+    assert make_noisy_sets.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report) == [str(tmp_path / "noise" / "babble.wav")]
+    assert (tmp_path / "noise" / "babble.wav").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise", "test"]

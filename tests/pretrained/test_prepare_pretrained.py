@@ -106,7 +106,8 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
     (tmp_path / "Fake-Model" / "mine.txt").write_text("user data")
     with pytest.raises(PrepareError, match="--force"):
         prepare_model(FakeModel().spec(), tmp_path)
-    assert (tmp_path / "Fake-Model" / "mine.txt").is_file()
+    assert (tmp_path / "Fake-Model" / "mine.txt").read_text() == "user data"
+    assert sorted(p.name for p in (tmp_path / "Fake-Model").iterdir()) == ["mine.txt"]
 
 
 def test_cli_exit_codes(tmp_path, monkeypatch):

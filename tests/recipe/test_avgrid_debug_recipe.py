@@ -3,6 +3,7 @@ utterances, one epoch), in a temporary copy of the recipe directory."""
 import os
 import re
 import subprocess
+import sys
 
 import soundfile
 
@@ -18,6 +19,40 @@ def _recipe_copy(tmp_path):
     for name in ("run.sh", "avsr.sh", "path.sh", "conf", "local"):
         os.symlink(os.path.realpath(os.path.join(RECIPE, name)), tmp_path / name)
     return tmp_path
+
+
+def test_clean_test_sets_only(tmp_path):
+    """`--snrs ""`: stage 5 makes the babble (the training noise) and no noisy test set, and stage
+    10's job list holds the clean sets only (so stages 10 and 11 expect no noisy copies)."""
+    import yaml
+
+    from tests.prep.test_noise import _write_set
+
+    work = _recipe_copy(tmp_path)
+    _write_set(work / "dump" / "train", n_spk=3, n_utt_per_spk=2, seed=1)
+    _write_set(work / "dump" / "test", n_spk=2, n_utt_per_spk=2, seed=2)
+    config = work / "train.yaml"
+    config.write_text(yaml.safe_dump({"model_conf": {"tasks": ["avsr", "asr"]}, "audio_frontend": "whisper_logmel",
+                                      "audio_compressor_conf": {"rate": 4}, "video_frontend": "pixel",
+                                      "video_compressor_conf": {"rate": 2}}))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run(["./avsr.sh", "--stage", "5", "--stop_stage", "5", "--train_config", str(config),
+                           "--snrs", ""], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (work / "dump" / "noise" / "babble.wav").is_file()
+    assert sorted(p.name for p in (work / "dump").iterdir()) == ["noise", "test", "train"]
+    jobs = subprocess.run([sys.executable, "-m", "espnet_omni_avsr.names", "decode-jobs", "--config", str(config),
+                           "--test_sets", "test", "--snrs=", "--dump_dir", "dump", "--exp_dir", "exp/m",
+                           "--inference_tag", "greedy"], env=env, capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in jobs.stdout.splitlines()]
+    assert [(r[0], r[1], r[2].rsplit("/", 1)[-1]) for r in rows] == [
+        ("avsr", "dump/test", "snr_clean"), ("asr", "dump/test", "snr_clean")]
+    # the same stage with SNRs makes their copies
+    proc = subprocess.run(["./avsr.sh", "--stage", "5", "--stop_stage", "5", "--train_config", str(config),
+                           "--snrs", "0"], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (work / "dump" / "test_snr0" / ".done").is_file()
 
 
 def test_debug_recipe_all_stages(tmp_path):
@@ -57,15 +92,57 @@ def test_debug_recipe_all_stages(tmp_path):
     packed = list((work / "exp").glob("*/packed/*.tar"))
     assert packed, "stage 12 wrote no archive"
 
-    # every stage can be run again and finds its work done
+    # every stage can be run again and finds its work done: the media it made (corpus, audio, noise,
+    # noisy sets), its shard markers and the pretrained folders are not made again, and the lists
+    # it rewrites come out the same (the shards' result logs under .work/ are rewritten in item
+    # order, not in the order the items finished: their lines may move)
+    def snapshot():
+        return {str(p.relative_to(work)): (p.stat().st_mtime_ns, p.read_bytes())
+                for d in ("downloads", "data", "dump", "pretrained") for p in (work / d).rglob("*") if p.is_file()}
+
+    def made_once(path):
+        return path.startswith(("downloads/", "pretrained/")) or path.endswith((".wav", ".mp4", ".npy", ".done"))
+
+    before = snapshot()
+    assert any(k.startswith("dump/test_snr") and k.endswith(".wav") for k in before)
+    assert any(k.endswith(".done") for k in before) and any(k.startswith("pretrained/") for k in before)
     again = subprocess.run(cmd + ["--stage", "1", "--stop_stage", "6"], cwd=work, env=env,
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-4000:]
+    after = snapshot()
+    assert sorted(after) == sorted(before)
+    assert [k for k in before if "/.work/" not in k and after[k][1] != before[k][1]] == []  # the same contents
+    assert all(sorted(after[k][1].splitlines()) == sorted(before[k][1].splitlines()) for k in before)
+    assert [k for k in before if made_once(k) and after[k][0] != before[k][0]] == []  # not redone
 
-    # the packed archive loads through the inference class and decodes one utterance
+    # the packed archive loads through the inference class, holds the weights stage 9 selected, and
+    # decodes utterances as stage 10 did (conf/decode/greedy.yaml: greedy, 32 new tokens): the same
+    # hypotheses and LLM input token counts (the tiny random LLM's hypotheses hardly depend on the
+    # input; the token counts do, on each utterance's length)
+    import torch
+    import yaml
+
+    from espnet_omni_avsr.names import decode_dir
+    from espnet_omni_avsr.utils.rates import conditions
+
+    avsr = next(c for c in conditions(yaml.safe_load(config)) if c["task"] == "avsr")
+    out = work / decode_dir(str(exp), "greedy", "test", avsr["label"])
+    stage10 = {name: dict((line.split(" ", 1) + [""])[:2] for line in (out / name).read_text().splitlines())
+               for name in ("text", "llm_tokens")}
+    selected = torch.load(exp / "model.pth", weights_only=True)
     os.chdir(tmp_path / "..")  # nothing may depend on the recipe directory any more
-    rec = AVSRRecognizer.from_pretrained(packed[0], cache_dir=tmp_path / "unpacked", max_new_tokens=4)
-    utt, wav = (work / "dump" / "test" / "wav.scp").read_text().split("\n")[0].split()
-    video = dict(line.split() for line in (work / "dump" / "test" / "video.scp").read_text().splitlines())[utt]
-    speech, _ = soundfile.read(work / wav if not os.path.isabs(wav) else wav, dtype="float32")
-    assert isinstance(rec(speech=speech, video=read_video(str(work / video) if not os.path.isabs(video) else video)), str)
+    rec = AVSRRecognizer.from_pretrained(packed[0], cache_dir=tmp_path / "unpacked", max_new_tokens=32)
+    state = rec.model.state_dict()
+    assert selected and all(torch.equal(state[k], v) for k, v in selected.items())
+    wavs = dict(line.split() for line in (work / "dump" / "test" / "wav.scp").read_text().splitlines())
+    videos = dict(line.split() for line in (work / "dump" / "test" / "video.scp").read_text().splitlines())
+    counts = set()
+    for utt in sorted(wavs)[:4]:
+        speech, _ = soundfile.read(work / wavs[utt] if not os.path.isabs(wavs[utt]) else wavs[utt], dtype="float32")
+        video = read_video(str(work / videos[utt]) if not os.path.isabs(videos[utt]) else videos[utt])
+        _, batch = rec.collate([(utt, rec.preprocess(utt, {"speech": speech, "video": video}))])
+        got = rec.recognize_batch(batch)
+        assert got["text"] == [stage10["text"][utt].strip()], utt
+        assert got["llm_tokens"] == [int(stage10["llm_tokens"][utt])], utt
+        counts.add(got["llm_tokens"][0])
+    assert len(counts) > 1  # utterances of different lengths were compared

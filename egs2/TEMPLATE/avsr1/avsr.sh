@@ -17,7 +17,7 @@ ngpu=0
 train_config=             # training YAML (required)
 inference_config=         # decoding YAML (conf/decode/*.yaml)
 train_set=train; valid_set=dev; test_sets="test"
-snrs="10 5 0 -5"          # noisy copies of the test sets (clean is always decoded)
+snrs="10 5 0 -5"          # noisy copies of the test sets (clean is always decoded; "": clean only)
 noise_dir=                # stage 5: a folder of noise wavs (MUSAN-style, searched recursively) instead of babble
 decode_tasks=             # default: the tasks in the training config
 local_data_opts=          # passed to local/data.sh
@@ -92,6 +92,8 @@ stage4() {
         python -m espnet_omni_avsr.bin.filter_data --data_dir "data/${s}" --dump_dir "${dumpdir}/${s}"; done; }
 stage5() { local noise=(--train_dir "${dumpdir}/${train_set}" --noise_out "${dumpdir}/noise")
     [ -z "${noise_dir}" ] || noise=(--noise_dir "${noise_dir}")
+    # an empty ${snrs} passes a bare --snrs: the babble (training noise) only, no noisy test sets
+    # shellcheck disable=SC2086
     for s in ${test_sets}; do
     python -m espnet_omni_avsr.bin.make_noisy_sets "${noise[@]}" --src "${dumpdir}/${s}" --snrs ${snrs}; done; }
 stage6() { python -m espnet_omni_avsr.bin.prepare_pretrained --output_dir "${pretrained_dir}" --models ${pretrained_models}; }
