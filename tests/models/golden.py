@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = Path(__file__).with_name("golden_values.json")
-CONF_DIRS = ("debug", "llama_avsr", "omni_avsr", "sinks")
+CONF_DIRS = ("debug", "llama_avsr", "omni_avsr", "sinks", "mome")
 TEXTS = ["bin blue at f two now", "lay green by a nine again"]
 
 
