@@ -37,10 +37,12 @@ def main():
         dtype="float32", batch_size=a.batch_size, num_workers=0, allow_variable_data_keys=True, inference=True,
     )
     _, batch = next(iter(loader))
+    # the two terms have no weights of their own: the state to restore is the same for every w
+    model.losses = torch.nn.ModuleDict({"llm": LLMCrossEntropy("llm"), "sink": SinkDecorrelation(weight=1.0)})
     start = copy.deepcopy(model.state_dict())
     for w in a.weights:
         model.load_state_dict(start)
-        model.losses = torch.nn.ModuleDict({"llm": LLMCrossEntropy("llm"), "sink": SinkDecorrelation(weight=w)})
+        model.losses["sink"].weight = w
         model.train()
         params = [q for q in model.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(params, lr=a.lr)
