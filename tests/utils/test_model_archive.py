@@ -250,6 +250,7 @@ NOT_SOURCES = {
     "activation_type", "rate_sampling", "text_case", "text_name", "speech_name", "video_name",
     "name", "key",  # loss terms' statistics names
     "noise",  # training-time noise: only the training loader reads it, a packed model decodes without it
+    "placement", "tokens", "dispatch",  # MoME: where the experts sit, which positions, how tokens reach them
 }
 
 
