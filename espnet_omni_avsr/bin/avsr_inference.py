@@ -82,6 +82,12 @@ def _complete(out: Path, triples: list) -> bool:
     return sum(1 for _ in hyp.open()) == n_in
 
 
+def hypothesis_line(key: str, text: str) -> str:
+    """`key text` on one line: an LLM that writes a newline instead of EOS and goes on would
+    otherwise break the Kaldi text file; its extra words are scored as insertions."""
+    return f"{key} {' '.join(text.split())}\n"
+
+
 def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, rates: dict, args) -> None:
     """Decode one set in batches with the KV cache; writes text and llm_tokens."""
     rec.task = task or rec.model.task
@@ -104,7 +110,7 @@ def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, r
                                 file=sys.stderr):
             result = rec.recognize_batch(batch)
             for key, text, n in zip(keys, result["text"], result["llm_tokens"]):
-                f_text.write(f"{key} {text}\n")
+                f_text.write(hypothesis_line(key, text))
                 f_tok.write(f"{key} {n}\n")
             n_utt += len(keys)
     seconds = time.perf_counter() - start

@@ -204,7 +204,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, stdout) -> 
             for w in record["warnings"]:
                 logging.warning("%s: %s", record["input"], w)
             text = " ".join(record["text"].split())
-            print(f"{record['input']}\t{text}", file=stdout, flush=True)
+            print(f"{record['input']}\t{' '.join(text.split())}", file=stdout, flush=True)  # one line per input
         else:
             failed += 1
             logging.error("FAILED %s", record["error"])

@@ -30,3 +30,10 @@ def test_bad_jobs_lines_name_the_line(tmp_path):
     path.write_text("asr\tdump/test\tout\t4\n")
     with pytest.raises(ValueError, match=r"jobs.tsv:1: expected 'task<TAB>data_dir<TAB>output_dir"):
         read_jobs(str(path))
+
+
+def test_a_hypothesis_is_one_line_whatever_the_llm_wrote():
+    from espnet_omni_avsr.bin.avsr_inference import hypothesis_line
+
+    assert hypothesis_line("u1", "set green at p six\nset green  at p six\n") == "u1 set green at p six set green at p six\n"
+    assert hypothesis_line("u2", "") == "u2 \n"
