@@ -241,21 +241,10 @@ class AVSRRecognizer:
         if self.beam_size > 1:
             kwargs["length_penalty"] = self.length_penalty
         batch = {k: v.to(self.device) for k, v in batch.items() if k in _INPUTS}
-        decoder, ids = self.model.decoder, []
-
-        def generate(*args, **kw):  # keeps the generated ids, to count them
-            out = type(decoder).generate(decoder, *args, **kw)
-            ids.append(out)
-            return out
-
-        decoder.generate = generate
-        try:
-            texts, n_tokens = self.model.recognize(**batch, task=task, rates=self.rates, num_beams=self.beam_size,
-                                                   **kwargs)
-        finally:
-            del decoder.generate
-        return {"text": texts, "llm_tokens": n_tokens.tolist(), "max_new_tokens": budgets,
-                "generated_tokens": _lengths_before_eos(ids[0], decoder.eos_id) if ids else None}
+        ids, n_tokens = self.model.generate_ids(**batch, task=task, rates=self.rates, num_beams=self.beam_size,
+                                                **kwargs)
+        return {"text": self.model.hypotheses(ids), "llm_tokens": n_tokens.tolist(), "max_new_tokens": budgets,
+                "generated_tokens": _lengths_before_eos(ids, self.model.decoder.eos_id)}
 
     def __call__(
         self,

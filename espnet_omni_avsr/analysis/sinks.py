@@ -136,7 +136,8 @@ class SinkStats:
         # layer -> token type name -> number of intermediate sinks
         self.sinks_by_type: List[Counter] = [Counter() for _ in range(num_layers)]
         self.rows_with_sink = [0] * num_layers
-        self.received_by_type: List[Dict[str, List[float]]] = [defaultdict(list) for _ in range(num_layers)]
+        # layer -> token type name -> [sum of received attention, positions]
+        self.received_by_type: List[Dict[str, List[float]]] = [defaultdict(lambda: [0.0, 0]) for _ in range(num_layers)]
         # hidden-state layer 1 .. L-1 -> feature -> occurrences; feature -> token type -> occurrences
         self.massive_features: List[Counter] = [Counter() for _ in range(num_layers - 1)]
         self.massive_types: List[Dict[int, Counter]] = [defaultdict(Counter) for _ in range(num_layers - 1)]
@@ -154,7 +155,9 @@ class SinkStats:
                 self.sinks_by_type[i][names[p]] += 1
             for p, name in enumerate(names):
                 if r.types[p] in prefix or name in ("TRANSCRIPT", "EOS"):
-                    self.received_by_type[i][name if p != r.anchor else "ANCHOR"].append(float(r.received[i, p]))
+                    total = self.received_by_type[i][name if p != r.anchor else "ANCHOR"]
+                    total[0] += float(r.received[i, p])
+                    total[1] += 1
         for i, (entries, values) in enumerate(zip(r.massive, r.massive_values)):
             for (pos, feat), value in zip(entries.tolist(), values.tolist()):
                 self.massive_features[i][feat] += 1
@@ -172,9 +175,6 @@ class SinkStats:
 
     def summary(self) -> dict:
         """The numbers, JSON-ready (layers numbered from 1)."""
-        def mean(values):
-            return sum(values) / len(values) if values else None
-
         layers = []
         for i in range(self.num_layers):
             layer = {
@@ -184,7 +184,7 @@ class SinkStats:
                 "intermediate_sinks_by_type": dict(self.sinks_by_type[i]),
                 "rows_with_intermediate_sink": self.rows_with_sink[i],
                 "mean_received_attention_by_type": {
-                    k: mean(v) for k, v in sorted(self.received_by_type[i].items())
+                    k: total / n for k, (total, n) in sorted(self.received_by_type[i].items())
                 },
             }
             if i < self.num_layers - 1:  # hidden state i + 1 is this layer's output

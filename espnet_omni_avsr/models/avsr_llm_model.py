@@ -190,7 +190,7 @@ class AVSRLLMModel(AbsESPnetModel):
             step.llm_passes.append(LLMPass(jobs, prompt, output))
 
     @torch.no_grad()
-    def recognize(
+    def generate_ids(
         self,
         speech: Optional[torch.Tensor] = None,
         speech_lengths: Optional[torch.Tensor] = None,
@@ -201,10 +201,10 @@ class AVSRLLMModel(AbsESPnetModel):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         **generate_kwargs,
-    ):
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Batched decoding of one task at chosen conditions (`rates`: modality -> rate or condition
-        name; elastic inference; default: each branch's first). Returns (hypotheses, LLM input
-        tokens per utterance, counted from the tokens the branches made)."""
+        name; elastic inference; default: each branch's first). Returns (the new token ids (B, L),
+        LLM input tokens per utterance, counted from the tokens the branches made)."""
         task = task or self.task
         if task not in TASK_MODALITIES:
             raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
@@ -216,9 +216,16 @@ class AVSRLLMModel(AbsESPnetModel):
         tokens = self.modality_tokens([task], batch, conditions)
         prompt = self.prompt.build(self.decoder.embed, task, tokens, padding_side="left", conditions=conditions)
         out = self.decoder.generate(prompt, max_new_tokens=max_new_tokens, num_beams=num_beams, **generate_kwargs)
-        texts = self.decoder.tokenizer.batch_decode(out, skip_special_tokens=True)
-        n_modality = sum(lengths for _, lengths in tokens.values())
-        return [t.strip() for t in texts], n_modality
+        return out, sum(lengths for _, lengths in tokens.values())
+
+    def hypotheses(self, ids: torch.Tensor) -> List[str]:
+        """New token ids (B, L) -> transcripts."""
+        return [t.strip() for t in self.decoder.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def recognize(self, *args, **kwargs):
+        """`generate_ids`, with the hypotheses as text: (transcripts, LLM input tokens per utterance)."""
+        ids, n_modality = self.generate_ids(*args, **kwargs)
+        return self.hypotheses(ids), n_modality
 
     def collect_feats(self, **batch) -> Dict[str, torch.Tensor]:
         # Features are computed inside the model and need no global statistics.

@@ -294,9 +294,7 @@ def _inputs(batch):
 
 def _generate(model, batch, **kwargs):
     """New token ids (B, n) of the AVSR task, decoded as `recognize` does (a left-padded prompt)."""
-    tokens = model.modality_tokens(["avsr"], batch)
-    prompt = model.prompt.build(model.decoder.embed, "avsr", tokens, padding_side="left")
-    return model.decoder.generate(prompt, **kwargs)
+    return model.generate_ids(**_inputs(batch), task="avsr", **kwargs)[0]
 
 
 def _assert_batch_decodes_as_rows(model, batch, n, **kwargs):

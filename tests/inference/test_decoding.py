@@ -36,13 +36,13 @@ def test_batched_equals_one_at_a_time(multitask_exp, beam_size, task):
 def test_fixed_max_new_tokens_and_options_reach_generate(multitask_exp, monkeypatch):
     rec = AVSRRecognizer.from_pretrained(multitask_exp, beam_size=2, max_new_tokens=3, length_penalty=1.5)
     seen = {}
-    recognize = rec.model.recognize
+    generate_ids = rec.model.generate_ids
 
     def spy(**kwargs):
         seen.update(kwargs)
-        return recognize(**kwargs)
+        return generate_ids(**kwargs)
 
-    monkeypatch.setattr(rec.model, "recognize", spy)
+    monkeypatch.setattr(rec.model, "generate_ids", spy)
     out = rec.decode(_utterances()[:2], "asr")
     assert out["max_new_tokens"] == [3, 3]
     assert seen["max_new_tokens"] == 3 and seen["num_beams"] == 2 and seen["length_penalty"] == 1.5
