@@ -28,6 +28,7 @@ from espnet_omni_avsr.adapters.lora import SharedLoRA, SharedTaskLoRA, TaskLoRA
 from espnet_omni_avsr.adapters.mome import MoME
 from espnet_omni_avsr.compression.abs_compressor import AbsCompressor
 from espnet_omni_avsr.compression.avg_pool_compressor import AvgPoolCompressor
+from espnet_omni_avsr.compression.qformer_compressor import QFormerCompressor
 from espnet_omni_avsr.compression.stack_compressor import StackCompressor
 from espnet_omni_avsr.data.collate import AVSRCollateFn
 from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
@@ -57,7 +58,7 @@ from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainabl
 
 register_video_data_type()
 
-COMPRESSORS = dict(avg_pool=AvgPoolCompressor, stack=StackCompressor)
+COMPRESSORS = dict(avg_pool=AvgPoolCompressor, stack=StackCompressor, qformer=QFormerCompressor)
 PROJECTORS = dict(mlp=MLPProjector, linear=LinearProjector)
 
 
