@@ -14,7 +14,9 @@ without leading zeros, or a name of lowercase letters followed by digits (``q3``
 written as it is. ``asr_a4``, ``vsr_v2``, ``avsr_a4v2``, ``avsr_aq3v2``. Tags are lowercase letters
 only and every condition ends in a digit, so the parts split at each digit-to-letter boundary, the
 task fixes which tag starts each part, and a label parses back to exactly one (task, conditions).
-The bare task name (``avsr``) is the label of a decoding at the model's default conditions.
+The bare task name (``avsr``) is the label of a decoding at the model's default conditions, and of
+a task that reads the early-fused ``audiovisual`` stream (``FUSED``; MMS-LLaMA), which has one
+condition.
 
 Noisy test sets and decoding directories::
 
@@ -108,6 +110,12 @@ TASKS: Dict[str, Task] = {t.name: t for t in (
     Task("vsr", ("video",), "Transcribe video to text."),
     Task("avsr", ("audio", "video"), "Transcribe speech and video to text."),
 )}
+
+
+# The early-fused audio + video stream (MMS-LLaMA, models/fused_branch.py): not a stored input but one
+# prompt block made from both, read by a task whose modalities it fuses (AVSR) in place of theirs.
+FUSED = "audiovisual"
+FUSED_INPUTS = ("audio", "video")
 
 
 def _check_distinct(modalities: Mapping[str, Modality]) -> None:
@@ -325,6 +333,8 @@ def condition_label(task_name: str, conditions: Mapping[str, Condition]) -> str:
     modalities (the rule is in the module docstring). Empty ``conditions``: the bare task name.
     Conditions of modalities the task does not read are ignored."""
     t = task(task_name)
+    if FUSED in conditions:  # the fused stream has one condition: the bare task names it
+        return t.name
     for m in conditions:
         modality(m)
     if not conditions:

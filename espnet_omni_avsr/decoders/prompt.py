@@ -6,24 +6,32 @@ A modality block is present only when the task uses that modality (ASR: audio, V
 both). BOS is left out for tokenizers that have none (Qwen2.5). The loss covers the transcript
 and EOS only.
 
+A model may read a task through other *streams* than its modalities (`streams`: an early-fused
+AVSR reads one `audiovisual` block, which has no delimiters), and a task may have a *template*
+that replaces the layout between BOS and transcript, e.g. MMS-LLaMA's
+`Recognize this speech in English. Input : {audiovisual}`: literal text (tokenized piece by piece,
+INSTRUCTION positions) around `{stream}` placeholders, each stream of the task exactly once.
+
 `PromptLayout.build` returns a `Prompt`: the embeddings and masks the LLM reads, plus a map of what
 each position is (`TokenType`) and, for modality tokens, where it came from (modality, the condition
 it was compressed at, its index in the compressed sequence). Adapters and loss terms read spans from
 it instead of counting positions.
 """
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from espnet_omni_avsr.decoders.llm_tokenizer import MODALITY_TOKENS
-from espnet_omni_avsr.names import DEFAULT_INSTRUCTIONS, TASK_MODALITIES
+from espnet_omni_avsr.names import DEFAULT_INSTRUCTIONS, FUSED, TASK_MODALITIES
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "IGNORE_ID", "MODALITY_TOKEN_TYPES", "Prompt", "PromptLayout", "TokenType"]
 IGNORE_ID = -100
 # Placeholder ids marking the positions that receive a modality's tokens.
-_SLOTS = {"audio": -1, "video": -2}
+_SLOTS = {"audio": -1, "video": -2, FUSED: -3}
+_PLACEHOLDER = re.compile(r"\{([a-z]+)\}")
 
 
 class TokenType(enum.IntEnum):
@@ -38,9 +46,10 @@ class TokenType(enum.IntEnum):
     INSTRUCTION = 6
     TRANSCRIPT = 7
     EOS = 8
+    AUDIOVISUAL = 9  # tokens of the early-fused audio + video stream
 
 
-MODALITY_TOKEN_TYPES = {"audio": TokenType.AUDIO, "video": TokenType.VIDEO}
+MODALITY_TOKEN_TYPES = {"audio": TokenType.AUDIO, "video": TokenType.VIDEO, FUSED: TokenType.AUDIOVISUAL}
 
 
 @dataclass
@@ -106,10 +115,20 @@ class PromptLayout:
     Args:
         tokenizer: the LLM tokenizer from `load_llm_tokenizer` (with the delimiters added).
         instructions: task -> instruction text; defaults to the papers' instructions.
+        streams: task -> the token streams its prompt holds, in order (default: its modalities).
+        templates: task -> a template replacing modality blocks and instruction (module docstring).
     """
 
-    def __init__(self, tokenizer, instructions: Optional[Mapping[str, str]] = None):
+    def __init__(
+        self,
+        tokenizer,
+        instructions: Optional[Mapping[str, str]] = None,
+        streams: Optional[Mapping[str, Sequence[str]]] = None,
+        templates: Optional[Mapping[str, str]] = None,
+    ):
         self.tokenizer = tokenizer
+        self.streams = {t: tuple(m) for t, m in TASK_MODALITIES.items()}
+        self.streams.update({t: tuple(m) for t, m in (streams or {}).items()})
         self.instructions = dict(DEFAULT_INSTRUCTIONS)
         self.instructions.update(instructions or {})
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -121,6 +140,24 @@ class PromptLayout:
         self.instruction_ids = {
             t: tokenizer(text, add_special_tokens=False)["input_ids"] for t, text in self.instructions.items()
         }
+        self.templates = {t: self._parse_template(t, text) for t, text in (templates or {}).items()}
+
+    def _parse_template(self, task: str, text: str) -> List[object]:
+        """A template -> [token ids of a literal piece | stream name, ...]."""
+        if task not in TASK_MODALITIES:
+            raise ValueError(f"prompt template for unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
+        pieces, names = [], []
+        for i, part in enumerate(_PLACEHOLDER.split(text)):
+            if i % 2:
+                names.append(part)
+                pieces.append(part)
+            elif part:
+                pieces.append(self.tokenizer(part, add_special_tokens=False)["input_ids"])
+        want = self.streams[task]
+        if sorted(names) != sorted(want):
+            raise ValueError(f"prompt template for {task} {text!r}: needs each of {{{'}, {'.join(want)}}} exactly "
+                             f"once (the streams the task reads), got {['{' + n + '}' for n in names]}")
+        return pieces
 
     def token_ids(
         self,
@@ -134,13 +171,27 @@ class PromptLayout:
             raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
         ids = list(self.bos)
         types = [TokenType.BOS] * len(self.bos)
-        for m in TASK_MODALITIES[task]:
-            open_id, close_id = self.delims[m]
-            n = int(modality_lengths[m])
-            ids += [open_id] + [_SLOTS[m]] * n + [close_id]
-            types += [TokenType.MODALITY_OPEN] + [MODALITY_TOKEN_TYPES[m]] * n + [TokenType.MODALITY_CLOSE]
-        ids += self.instruction_ids[task]
-        types += [TokenType.INSTRUCTION] * len(self.instruction_ids[task])
+        if task in self.templates:
+            for piece in self.templates[task]:
+                if isinstance(piece, str):
+                    n = int(modality_lengths[piece])
+                    ids += [_SLOTS[piece]] * n
+                    types += [MODALITY_TOKEN_TYPES[piece]] * n
+                else:
+                    ids += piece
+                    types += [TokenType.INSTRUCTION] * len(piece)
+        else:
+            for m in self.streams[task]:
+                n = int(modality_lengths[m])
+                delims = self.delims.get(m)  # the fused stream has none
+                ids += [delims[0]] if delims else []
+                types += [TokenType.MODALITY_OPEN] if delims else []
+                ids += [_SLOTS[m]] * n
+                types += [MODALITY_TOKEN_TYPES[m]] * n
+                ids += [delims[1]] if delims else []
+                types += [TokenType.MODALITY_CLOSE] if delims else []
+            ids += self.instruction_ids[task]
+            types += [TokenType.INSTRUCTION] * len(self.instruction_ids[task])
         labels = [IGNORE_ID] * len(ids)
         tail = list(text) + ([self.eos] if with_eos else [])
         types += [TokenType.TRANSCRIPT] * len(text) + [TokenType.EOS] * with_eos
@@ -166,7 +217,9 @@ class PromptLayout:
             padding_side: "right" for training, "left" for batched generation.
             conditions: modality -> the condition its tokens were made at (recorded in the Prompt).
         """
-        needed = TASK_MODALITIES[task]
+        if task not in TASK_MODALITIES:
+            raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
+        needed = self.streams[task]
         missing = [m for m in needed if m not in modality_tokens]
         if missing:
             raise ValueError(f"task {task!r} needs {missing} tokens, got {sorted(modality_tokens)}")

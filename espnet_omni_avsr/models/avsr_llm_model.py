@@ -1,6 +1,8 @@
 """The ESPnet model: modality branches feed compressed tokens to a frozen LLM decoder.
 
-It composes parts and owns no objective: the branches make features and tokens, the task schedule
+It composes parts and owns no objective: the branches make features and tokens (an optional fused
+branch joins the audio and video features into one `audiovisual` stream that the AVSR task reads
+instead of its two, MMS-LLaMA's early fusion), the task schedule
 says which (task, condition) sequences a step trains on, the decoder runs the LLM passes, and the
 loss terms of the config (`losses:`) turn the step record into the loss.
 """
@@ -14,10 +16,11 @@ from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.decoders.prompt import Prompt, PromptLayout
 from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm
 from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
+from espnet_omni_avsr.models.fused_branch import FusedBranch
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.models.step_record import LLMPass, StepRecord
 from espnet_omni_avsr.models.task_schedule import TaskSchedule
-from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES, modalities_of
+from espnet_omni_avsr.names import FUSED, MODALITIES, TASK_MODALITIES, modalities_of
 from espnet_omni_avsr.utils.frozen_weights import skip_frozen_pretrained_weights
 
 Tokens = Tuple[torch.Tensor, torch.Tensor]  # (B, T, D_llm), (B,)
@@ -30,12 +33,16 @@ class AVSRLLMModel(AbsESPnetModel):
         decoder: the LLM decoder (with its adapter).
         audio: the audio branch (None when no task of this model hears audio).
         video: the video branch (None when no task of this model sees video).
+        fused: the early-fused audio-visual branch (None: late fusion, each modality its own
+            block); a task reading exactly the modalities it fuses (AVSR) then reads its stream.
         losses: the loss terms (`losses.abs_loss_term.AbsLossTerm`, built from the config's
             `losses:` list); the total loss is sum(weight * loss). Default: the LLM cross entropy.
         tasks, task_weights, rate_sampling: the multi-task, matryoshka schedule (`TaskSchedule`).
         batched_tasks: put the sequences of all tasks and conditions through the LLM as one batch
             (True; the adapter may still split them, e.g. task-specific LoRA by task) or one pass each.
         instructions: task -> instruction text (defaults: the papers' instructions).
+        prompt_templates: task -> a template of the prompt between BOS and transcript, with
+            `{stream}` placeholders (`decoders.prompt`; MMS-LLaMA's for the fused AVSR).
         save_frozen_pretrained: keep the frozen weights that were loaded from a pretrained folder
             (LLM, Whisper) in checkpoints. Off by default: they reload from their folders, and a
             checkpoint of a 8B-LLM model then holds only what was trained.
@@ -46,30 +53,44 @@ class AVSRLLMModel(AbsESPnetModel):
         decoder: HFCausalLMDecoder,
         audio: Optional[ModalityBranch] = None,
         video: Optional[ModalityBranch] = None,
+        fused: Optional[FusedBranch] = None,
         losses: Optional[Sequence[AbsLossTerm]] = None,
         tasks: Sequence[str] = ("avsr",),
         task_weights: Optional[Sequence[float]] = None,
         rate_sampling: str = "one_pair",
         batched_tasks: bool = True,
         instructions: Optional[Mapping[str, str]] = None,
+        prompt_templates: Optional[Mapping[str, str]] = None,
         save_frozen_pretrained: bool = False,
     ):
         super().__init__()
         self.decoder = decoder
         self.audio = audio
         self.video = video
+        self.fused = fused
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        for m in modalities_of(tasks):
+        needed = set(modalities_of(tasks)) | (set(fused.inputs) if fused is not None else set())
+        for m in sorted(needed):
             if getattr(self, m) is None:
                 raise ValueError(
                     f"task(s) {tasks} need a {m} branch, but the config builds none "
                     f"(set {m}_frontend, {m}_compressor and {m}_projector)"
                 )
+        streams = {t: self.task_streams(t) for t in tasks}
+        if fused is not None and not any(FUSED in s for s in streams.values()):
+            raise ValueError(f"a fusion is set, but none of the tasks {tasks} reads both {list(fused.inputs)}")
+        for t, names in streams.items():
+            for m in names:
+                if not self.stream_branches[m].conditions:
+                    raise ValueError(
+                        f"task {t} reads {m} tokens, but the {m} branch has no compressor (it only feeds the "
+                        f"fusion): set {m}_compressor and {m}_projector, or drop {t} from the tasks"
+                    )
         self.schedule = TaskSchedule(
-            tasks, task_weights, rate_sampling, {m: b.conditions for m, b in self.branches.items()}
+            tasks, task_weights, rate_sampling, {m: b.conditions for m, b in self.stream_branches.items()}, streams
         )
         self.batched_tasks = batched_tasks
-        self.prompt = PromptLayout(decoder.tokenizer, instructions)
+        self.prompt = PromptLayout(decoder.tokenizer, instructions, streams, prompt_templates)
         terms = list(losses) if losses is not None else [LLMCrossEntropy("llm")]
         names = [t.name for t in terms]
         if not terms or len(set(names)) != len(names):
@@ -92,15 +113,35 @@ class AVSRLLMModel(AbsESPnetModel):
         """modality -> branch, for the branches this model has."""
         return {m: getattr(self, m) for m in MODALITIES if getattr(self, m, None) is not None}
 
+    @property
+    def stream_branches(self) -> Dict[str, torch.nn.Module]:
+        """stream -> the branch making its tokens: the modality branches, and the fused one."""
+        out: Dict[str, torch.nn.Module] = dict(self.branches)
+        if getattr(self, "fused", None) is not None:
+            out[FUSED] = self.fused
+        return out
+
+    def task_streams(self, task: str) -> Tuple[str, ...]:
+        """The token streams `task`'s prompt holds: its modalities, or the fused stream when this
+        model fuses exactly those modalities."""
+        if task not in TASK_MODALITIES:
+            raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
+        mods = TASK_MODALITIES[task]
+        if getattr(self, "fused", None) is not None and set(mods) == set(self.fused.inputs):
+            return (FUSED,)
+        return mods
+
     def conditions(self, modality: str) -> List[str]:
-        """The conditions a branch was trained at (the first is the default)."""
-        return self.branches[modality].conditions
+        """The conditions a branch (or the fused stream) was trained at (the first is the default)."""
+        return self.stream_branches[modality].conditions
 
     # ---------------------------------------------------------------------------------------------
     def encode(self, tasks: Sequence[str], batch: Mapping[str, torch.Tensor]) -> Dict[str, Tokens]:
-        """Run the front end and encoder of each modality the tasks need, once."""
+        """Run the front end and encoder of each modality the tasks need, once, then the fusion
+        when a task reads the fused stream."""
+        fuse = any(FUSED in self.task_streams(t) for t in tasks)
         out = {}
-        for m in modalities_of(tasks):
+        for m in sorted(set(modalities_of(tasks)) | (set(self.fused.inputs) if fuse else set())):
             spec = MODALITIES[m]
             if batch.get(spec.data_name) is None:
                 raise ValueError(
@@ -108,16 +149,21 @@ class AVSRLLMModel(AbsESPnetModel):
                     f"--*_data_path_and_name_and_type <dir>/{spec.scp},{spec.data_name},{spec.loader}"
                 )
             out[m] = getattr(self, m).encode(batch[spec.data_name], batch[spec.lengths_name])
+        if fuse:
+            out[FUSED] = self.fused.encode(out)
         return out
 
     def modality_tokens(
         self, tasks: Sequence[str], batch: Mapping[str, torch.Tensor], conditions: Optional[Mapping[str, object]] = None
     ) -> Dict[str, Tokens]:
-        """modality -> (tokens (B, T_m, D_llm), lengths (B,)) at `conditions` (default: each first)."""
+        """stream -> (tokens (B, T_m, D_llm), lengths (B,)) at `conditions` (default: each first),
+        for the streams the tasks read."""
         conditions = conditions or {}
+        features = self.encode(tasks, batch)
+        streams = sorted({s for t in tasks for s in self.task_streams(t)})
         return {
-            m: self.branches[m].tokenize(*f, conditions.get(m, self.conditions(m)[0]))
-            for m, f in self.encode(tasks, batch).items()
+            m: self.stream_branches[m].tokenize(*features[m], conditions.get(m, self.conditions(m)[0]))
+            for m in streams
         }
 
     def forward(
@@ -141,7 +187,7 @@ class AVSRLLMModel(AbsESPnetModel):
             text=text,
             text_lengths=text_lengths,
             features=self.encode(self.tasks, batch),
-            branches=self.branches,
+            branches=self.stream_branches,
             decoder=self.decoder,
             task_weights=self.schedule.task_weights,
         )
@@ -206,11 +252,9 @@ class AVSRLLMModel(AbsESPnetModel):
         name; elastic inference; default: each branch's first). Returns (the new token ids (B, L),
         LLM input tokens per utterance, counted from the tokens the branches made)."""
         task = task or self.task
-        if task not in TASK_MODALITIES:
-            raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
         conditions = {
-            m: self.branches[m].check_condition((rates or {}).get(m, self.conditions(m)[0]))
-            for m in TASK_MODALITIES[task]
+            m: self.stream_branches[m].check_condition((rates or {}).get(m, self.conditions(m)[0]))
+            for m in self.task_streams(task)
         }
         batch = dict(speech=speech, speech_lengths=speech_lengths, video=video, video_lengths=video_lengths)
         tokens = self.modality_tokens([task], batch, conditions)

@@ -25,7 +25,8 @@ class ModalityBranch(torch.nn.Module):
         frontend: raw input (B, S, ...) + lengths -> features (B, T, F) + lengths.
         encoder: ESPnet AbsEncoder, (B, T, F) -> (B, T', D) (None: the front end's features).
         compressors: condition -> compressor, (B, T', D) -> (B, T'', D_c) tokens + lengths (B,);
-            conditions are strings or integer rates (kept as strings, in the given order).
+            conditions are strings or integer rates (kept as strings, in the given order). None
+            or empty: the branch only encodes (its features feed an early fusion, `FusedBranch`).
         projectors: condition -> projector into the LLM's hidden size, or one projector for all.
     """
 
@@ -33,12 +34,13 @@ class ModalityBranch(torch.nn.Module):
         self,
         frontend: torch.nn.Module,
         encoder: Optional[torch.nn.Module],
-        compressors: Mapping[int, AbsCompressor],
-        projectors: Union[Mapping[int, AbsProjector], AbsProjector],
+        compressors: Optional[Mapping[int, AbsCompressor]] = None,
+        projectors: Union[Mapping[int, AbsProjector], AbsProjector, None] = None,
     ):
         super().__init__()
-        if not compressors:
-            raise ValueError("a modality branch needs at least one compressor (one rate)")
+        compressors = compressors or {}
+        if projectors is None:
+            projectors = {}
         self.frontend = frontend
         self.encoder = encoder
         self.compressors = torch.nn.ModuleDict({str(r): c for r, c in compressors.items()})
@@ -78,6 +80,8 @@ class ModalityBranch(torch.nn.Module):
 
     def check_condition(self, condition) -> str:
         """The condition's name, or a clear error for one the branch was not trained at."""
+        if not self.compressors:
+            raise ValueError("this branch makes no tokens of its own (no compressor: its features feed the fusion)")
         if str(condition) not in self.compressors:
             trained = [int(c) if c.isdigit() else c for c in self.compressors]
             kind = "rate" if str(condition).isdigit() else "condition"

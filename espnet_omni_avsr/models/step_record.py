@@ -68,7 +68,8 @@ class StepRecord:
         return self.text.size(0)
 
     def tokens(self, modality: str, condition) -> Tokens:
-        """(tokens (B, T', D_llm), lengths (B,)) of a modality at a condition (made once)."""
+        """(tokens (B, T', D_llm), lengths (B,)) of a stream (a modality or the fused stream) at a
+        condition (made once): the branch tokenizes its own encoding's output."""
         key = (modality, str(condition))
         if key not in self._tokens:
             self._tokens[key] = self.branches[modality].tokenize(*self.features[modality], condition)

@@ -42,6 +42,10 @@ from espnet_omni_avsr.frontends.mouth_roi_frontend import MouthROIFrontend
 from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend
 from espnet_omni_avsr.frontends.resnet18_video_frontend import ResNet18VideoFrontend
 from espnet_omni_avsr.frontends.whisper_logmel_frontend import WhisperLogMelFrontend
+from espnet_omni_avsr.fusion.abs_fusion import AbsFusion
+from espnet_omni_avsr.fusion.add_fusion import AddFusion
+from espnet_omni_avsr.fusion.concat_fusion import ConcatFusion
+from espnet_omni_avsr.fusion.cross_attention_fusion import CrossAttentionFusion
 from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, ModelParts
 from espnet_omni_avsr.losses.av_distill import AudioToVideoDistill
 from espnet_omni_avsr.losses.char_ctc import CharCTC
@@ -49,8 +53,9 @@ from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
 from espnet_omni_avsr.losses.sink_decorrelation import SinkDecorrelation
 from espnet_omni_avsr.losses.token_ctc import TokenCTC
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
+from espnet_omni_avsr.models.fused_branch import FusedBranch
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
-from espnet_omni_avsr.names import MODALITIES
+from espnet_omni_avsr.names import FUSED_INPUTS, MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
@@ -84,6 +89,11 @@ video_encoder_choices = _optional(
 )
 video_compressor_choices = _optional("video_compressor", COMPRESSORS, AbsCompressor)
 video_projector_choices = _optional("video_projector", PROJECTORS, AbsProjector)
+fusion_choices = _optional(
+    "fusion", dict(concat=ConcatFusion, add=AddFusion, cross_attention=CrossAttentionFusion), AbsFusion
+)
+fused_compressor_choices = _optional("fused_compressor", COMPRESSORS, AbsCompressor)
+fused_projector_choices = _optional("fused_projector", PROJECTORS, AbsProjector)
 decoder_choices = ClassChoices(
     name="decoder", classes=dict(hf_causal_lm=HFCausalLMDecoder), type_check=torch.nn.Module, default="hf_causal_lm"
 )
@@ -163,9 +173,11 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
         "compressor": audio_compressor_choices if prefix == "audio" else video_compressor_choices,
         "projector": audio_projector_choices if prefix == "audio" else video_projector_choices,
     }
-    for part in ("compressor", "projector"):
-        if getattr(args, f"{prefix}_{part}") is None:
-            raise ValueError(f"{prefix}_frontend is set, so {prefix}_{part} must be set too")
+    feeds_fusion = getattr(args, "fusion", None) is not None and prefix in FUSED_INPUTS
+    parts = [p for p in ("compressor", "projector") if getattr(args, f"{prefix}_{p}") is None]
+    if parts and not (feeds_fusion and len(parts) == 2):
+        raise ValueError(f"{prefix}_frontend is set, so {prefix}_{parts[0]} must be set too"
+                         + (" (or neither, when the branch only feeds the fusion)" if feeds_fusion else ""))
     conf = lambda part: dict(getattr(args, f"{prefix}_{part}_conf") or {})  # noqa: E731
 
     # 1. front end: raw waveform / mouth-ROI frames -> features
@@ -186,6 +198,8 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
         if frozen:
             set_trainable(encoder, False)
         size = encoder.output_size()
+    if parts:  # encodes for the fusion only
+        return ModalityBranch(frontend, encoder)
     # 3. compressors, one per rate: T -> ceil(T / rate)
     comp_class = choices["compressor"].get_class(getattr(args, f"{prefix}_compressor"))
     comp_conf = conf("compressor")
@@ -209,6 +223,46 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
     return ModalityBranch(frontend, encoder, compressors, projectors)
 
 
+def _build_fused_branch(
+    args: argparse.Namespace, branches: Dict[str, ModalityBranch], llm_hidden: int
+) -> Optional[FusedBranch]:
+    """Fusion -> compressor -> projector over the audio and video branches' features, or None."""
+    if getattr(args, "fusion", None) is None:
+        return None
+    missing = [m for m in FUSED_INPUTS if m not in branches]
+    if missing:
+        raise ValueError(f"fusion: {args.fusion} joins {list(FUSED_INPUTS)}, but the config builds no {missing} "
+                         f"branch (set {missing[0]}_frontend and {missing[0]}_encoder)")
+    for part in ("fused_compressor", "fused_projector"):
+        if getattr(args, part) is None:
+            raise ValueError(f"fusion is set, so {part} must be set too")
+    sizes = {f"{m}_size": branches[m].feature_size for m in FUSED_INPUTS}
+    fusion = fusion_choices.get_class(args.fusion)(**sizes, **(args.fusion_conf or {}))
+    comp_class = fused_compressor_choices.get_class(args.fused_compressor)
+    comp_conf = dict(args.fused_compressor_conf or {})
+    params = inspect.signature(comp_class.__init__).parameters
+    if "rate" in comp_conf:  # a fixed rate: named by it
+        condition = str(comp_conf["rate"])
+    elif "queries_per_second" in params:  # a query budget: named by its queries per second
+        condition = f"q{comp_conf.get('queries_per_second', params['queries_per_second'].default):g}"
+    else:
+        raise ValueError(f"fused_compressor {args.fused_compressor}: set fused_compressor_conf.rate")
+    compressor = comp_class(input_size=fusion.output_size(), **comp_conf)
+    projector = fused_projector_choices.get_class(args.fused_projector)(
+        input_size=compressor.output_size(), output_size=llm_hidden, **(args.fused_projector_conf or {})
+    )
+    predictor = None
+    if getattr(args, "speech_rate_predictor", None):
+        from espnet_omni_avsr.speech_rate.predictor import load_predictor
+
+        predictor, _, _ = load_predictor(args.speech_rate_predictor)
+        if predictor.input_size != branches["audio"].feature_size:
+            raise ValueError(f"speech_rate_predictor {args.speech_rate_predictor} reads {predictor.input_size}-dim "
+                             f"audio features, but the audio encoder gives {branches['audio'].feature_size}: train it "
+                             "on this config's audio encoder")
+    return FusedBranch(fusion, condition, compressor, projector, predictor)
+
+
 class AVSRLLMTask(AbsTask):
     """ASR, VSR and AVSR with a frozen LLM (Llama-AVSR family)."""
 
@@ -222,6 +276,9 @@ class AVSRLLMTask(AbsTask):
         video_encoder_choices,
         video_compressor_choices,
         video_projector_choices,
+        fusion_choices,
+        fused_compressor_choices,
+        fused_projector_choices,
         decoder_choices,
         llm_adapter_choices,
         model_choices,
@@ -246,6 +303,11 @@ class AVSRLLMTask(AbsTask):
         group.add_argument(
             "--share_projector", type=str2bool, default=False,
             help="One projector for all rates of a modality instead of one per rate",
+        )
+        group.add_argument(
+            "--speech_rate_predictor", type=str, default=None,
+            help="Early fusion (MMS-LLaMA): a speech-rate predictor checkpoint (bin/train_speech_rate.py), frozen "
+            "in the model; the fused Q-Former then sets each utterance's query count by its rate (default: rate 1)",
         )
         for old in ("lora", "lora_conf"):  # renamed; accepted only to say so (refuse_renamed_keys)
             group.add_argument(f"--{old}", type=str, default=None, help=argparse.SUPPRESS)
@@ -308,13 +370,14 @@ class AVSRLLMTask(AbsTask):
         audio = _build_branch(args, "audio", decoder.hidden_size)
         video = _build_branch(args, "video", decoder.hidden_size)
         branches = {m: b for m, b in (("audio", audio), ("video", video)) if b is not None}
+        fused = _build_fused_branch(args, branches, decoder.hidden_size)
         # 3. the loss terms of the config, then the adapter's own (e.g. a router's balance loss)
         parts = ModelParts(tasks=tasks, branches=branches, decoder=decoder)
         losses = build_loss_terms(getattr(args, "losses", None), parts)
         losses += adapter.loss_terms() if adapter is not None else []
         # 4. the model
         model = model_choices.get_class(args.model)(
-            decoder=decoder, audio=audio, video=video, losses=losses, **model_conf
+            decoder=decoder, audio=audio, video=video, fused=fused, losses=losses, **model_conf
         )
         log_trainable_summary(model)
         return model

@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = Path(__file__).with_name("golden_values.json")
-CONF_DIRS = ("debug", "llama_avsr", "omni_avsr", "sinks", "mome")
+CONF_DIRS = ("debug", "llama_avsr", "omni_avsr", "sinks", "mome", "mms_llama")
 TEXTS = ["bin blue at f two now", "lay green by a nine again"]
 
 
@@ -109,6 +109,8 @@ def tiny_config(name: str, overrides: dict, dirs: dict) -> dict:
     for m in ("audio", "video"):
         if config.get(f"{m}_projector"):
             config[f"{m}_projector_conf"]["hidden_size"] = 16
+    if config.get("fused_compressor") == "qformer":
+        config["fused_compressor_conf"].update(hidden_size=16, num_heads=2)
     config["preprocessor_conf"] = {}
     return config
 

@@ -1,0 +1,137 @@
+"""The early-fused audio-visual model (MMS-LLaMA): one `audiovisual` prompt block, the template
+prompt, query counts as LLM tokens, decoding conditions, and clear errors."""
+import pytest
+import torch
+
+from espnet_omni_avsr.decoders.prompt import TokenType
+from espnet_omni_avsr.names import FUSED
+from espnet_omni_avsr.utils.rates import conditions
+
+from tests.models.conftest import build, tiny_config
+from tests.models.test_avsr_llm_model import make_batch, select
+
+TEMPLATE = "Recognize this speech in English. Input : {audiovisual}"
+
+
+def fused_config(llm_dir, whisper_dir, tasks=("avsr",), template=TEMPLATE, **extra):
+    config = tiny_config(llm_dir, whisper_dir)
+    for key in ("audio_compressor", "audio_compressor_conf", "audio_projector", "audio_projector_conf",
+                "video_compressor", "video_compressor_conf", "video_projector", "video_projector_conf"):
+        config.pop(key)
+    config["model_conf"] = dict(tasks=list(tasks), prompt_templates={"avsr": template} if template else {})
+    config.update(
+        fusion="concat",
+        fusion_conf={},
+        fused_compressor="qformer",
+        fused_compressor_conf=dict(hidden_size=16, num_layers=1, num_heads=2, queries_per_second=3, dropout=0.0),
+        fused_projector="linear",
+        fused_projector_conf={},
+    )
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def fused(tiny_llm_dir, tiny_whisper_dir):
+    torch.manual_seed(0)
+    model, _ = build(fused_config(tiny_llm_dir, tiny_whisper_dir))
+    return model
+
+
+def test_avsr_reads_one_fused_block_in_the_template(fused):
+    assert fused.task_streams("avsr") == (FUSED,)
+    assert fused.conditions(FUSED) == ["q3"]
+    batch = make_batch(fused.decoder.tokenizer)
+    tokens = fused.modality_tokens(["avsr"], batch)
+    assert list(tokens) == [FUSED]
+    prompt = fused.prompt.build(fused.decoder.embed, "avsr", tokens, batch["text"], batch["text_lengths"])
+    types = prompt.token_types[0].tolist()
+    tok = fused.decoder.tokenizer
+    instruction = tok("Recognize this speech in English. Input : ", add_special_tokens=False)["input_ids"]
+    n = int(tokens[FUSED][1][0])
+    bos = [int(TokenType.BOS)] * (tok.bos_token_id is not None)
+    assert types[: len(bos) + len(instruction) + n] == (
+        bos + [int(TokenType.INSTRUCTION)] * len(instruction) + [int(TokenType.AUDIOVISUAL)] * n
+    )
+    assert int(TokenType.MODALITY_OPEN) not in types and int(TokenType.AUDIO) not in types
+    ids = prompt.embeds[0, len(bos): len(bos) + len(instruction)]
+    assert torch.allclose(ids, fused.decoder.embed(torch.tensor([instruction]))[0])
+
+
+def test_query_counts_are_the_llm_tokens(fused):
+    """1.0 s and 0.6 s of video at 3 queries per second: max(3, floor(s * 3)) = 3 each; 2.4 s: 7."""
+    g = torch.Generator().manual_seed(0)
+    secs = [1.0, 0.6, 2.4]
+    batch = dict(
+        speech=torch.randn(3, int(2.4 * 16000), generator=g) * 0.1,
+        speech_lengths=torch.tensor([int(s * 16000) for s in secs]),
+        video=torch.randint(0, 256, (3, 60, 96, 96), generator=g, dtype=torch.uint8),
+        video_lengths=torch.tensor([int(s * 25) for s in secs]),
+    )
+    fused.eval()
+    ids, n_tokens = fused.generate_ids(**batch, max_new_tokens=2)
+    assert n_tokens.tolist() == [3, 3, 7]
+
+
+def test_fused_path_is_padding_invariant(fused):
+    fused.eval()
+    batch = make_batch(fused.decoder.tokenizer, n=3)
+    with torch.no_grad():
+        tokens, lengths = fused.modality_tokens(["avsr"], batch)[FUSED]
+        for b in range(3):
+            alone, n = fused.modality_tokens(["avsr"], select(batch, b))[FUSED]
+            assert int(n) == int(lengths[b])
+            assert torch.allclose(alone[0, : int(n)], tokens[b, : int(n)], atol=1e-4)
+
+
+def test_training_step_reaches_fusion_qformer_and_lora(fused):
+    batch = make_batch(fused.decoder.tokenizer)
+    loss, stats, _ = fused(**batch)
+    loss.backward()
+    grads = {n for n, p in fused.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for part in ("fused.fusion.audio.conv", "fused.compressors.q3", "fused.projectors.q3", "lora_", "video."):
+        assert any(part in n for n in grads), part
+    assert not any(n.startswith("audio.encoder") for n in grads)  # Whisper stays frozen
+
+
+def test_decoding_conditions_of_a_fused_config(tiny_llm_dir, tiny_whisper_dir):
+    config = fused_config(tiny_llm_dir, tiny_whisper_dir)
+    assert conditions(config) == [dict(task="avsr", label="avsr", rates={})]
+
+
+def test_default_layout_without_template_has_no_delimiters(tiny_llm_dir, tiny_whisper_dir):
+    torch.manual_seed(0)
+    model, _ = build(fused_config(tiny_llm_dir, tiny_whisper_dir, template=None))
+    batch = make_batch(model.decoder.tokenizer)
+    prompt = model.prompt.build(model.decoder.embed, "avsr", model.modality_tokens(["avsr"], batch))
+    types = prompt.token_types[0].tolist()
+    assert int(TokenType.AUDIOVISUAL) in types and int(TokenType.MODALITY_OPEN) not in types
+    assert types[-1] == int(TokenType.INSTRUCTION)
+
+
+def test_clear_errors(tiny_llm_dir, tiny_whisper_dir):
+    with pytest.raises(ValueError, match=r"needs each of \{audiovisual\}"):
+        build(fused_config(tiny_llm_dir, tiny_whisper_dir, template="Input : {audio} {video}"))
+    with pytest.raises(ValueError, match="asr reads audio tokens, but the audio branch has no compressor"):
+        build(fused_config(tiny_llm_dir, tiny_whisper_dir, tasks=("avsr", "asr")))
+    with pytest.raises(ValueError, match="fused_compressor must be set"):
+        build(fused_config(tiny_llm_dir, tiny_whisper_dir, fused_compressor=None))
+    with pytest.raises(ValueError, match="none of the tasks"):
+        build(fused_config(tiny_llm_dir, tiny_whisper_dir, tasks=("vsr",), template=None,
+                           video_compressor="stack", video_compressor_conf=dict(rate=2),
+                           video_projector="linear", video_projector_conf={}))
+
+
+def test_asr_beside_the_fused_avsr_keeps_its_own_block(tiny_llm_dir, tiny_whisper_dir):
+    torch.manual_seed(0)
+    model, _ = build(fused_config(tiny_llm_dir, tiny_whisper_dir, tasks=("avsr", "asr"),
+                                  audio_compressor="avg_pool", audio_compressor_conf=dict(rate=4),
+                                  audio_projector="linear", audio_projector_conf={}))
+    assert model.task_streams("asr") == ("audio",) and model.task_streams("avsr") == (FUSED,)
+    batch = make_batch(model.decoder.tokenizer)
+    loss, stats, _ = model(**batch)
+    assert torch.isfinite(loss).all()
+    labels = [c["label"] for c in conditions(fused_config(
+        tiny_llm_dir, tiny_whisper_dir, tasks=("avsr", "asr"), audio_compressor="avg_pool",
+        audio_compressor_conf=dict(rate=4)))]
+    assert labels == ["avsr", "asr_a4"]
