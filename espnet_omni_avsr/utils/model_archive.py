@@ -12,7 +12,8 @@ Archive layout (``.tar``, or gzip-compressed for ``.tar.gz`` / ``.tgz``)::
 
 ``SOURCE_KEYS`` is the one list of the config keys whose values are local folders or files the
 model is built from: the pretrained folders (``model_dir``, ``tokenizer_dir``), the AV-HuBERT
-``checkpoint`` file and token CTC's vocabulary file (``vocab`` in its loss term's conf). Frozen pretrained
+``checkpoint`` file, token CTC's vocabulary file (``vocab`` in its loss term's conf) and the
+speech-rate predictor of an early-fused model (``speech_rate_predictor``). Frozen pretrained
 weights are left out of model.pth (utils/frozen_weights.py) and rebuilt from these, so an archive
 needs them all to be self-contained. The model is not built to pack it (that would load the LLM);
 the config names every source the built model reports (``frozen_weights.pretrained_sources``).
@@ -52,6 +53,7 @@ SOURCE_KEYS: Dict[str, str] = {  # config key -> what its value names
     "tokenizer_dir": FOLDER,    # the preprocessor's LLM tokenizer
     "checkpoint": FILE,         # an AV-HuBERT checkpoint (video_encoder_conf)
     "vocab": FILE,              # token CTC's vocabulary, a Kaldi text file (losses: [{type: token_ctc, conf}])
+    "speech_rate_predictor": FILE,  # MMS-LLaMA's speech-rate predictor (bin/train_speech_rate.py)
 }
 PRETRAINED_KEYS = tuple(SOURCE_KEYS)
 ARCHIVE_PRETRAINED = "pretrained"

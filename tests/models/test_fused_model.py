@@ -135,3 +135,53 @@ def test_asr_beside_the_fused_avsr_keeps_its_own_block(tiny_llm_dir, tiny_whispe
         tiny_llm_dir, tiny_whisper_dir, tasks=("avsr", "asr"), audio_compressor="avg_pool",
         audio_compressor_conf=dict(rate=4)))]
     assert labels == ["avsr", "asr_a4"]
+
+
+def _predictor_file(tmp_path, input_size, rate):
+    """A speech-rate predictor that says `rate` for every utterance (its head starts constant)."""
+    from espnet_omni_avsr.speech_rate.predictor import SpeechRatePredictor, save_predictor
+
+    torch.manual_seed(0)
+    predictor = SpeechRatePredictor(input_size, hidden_size=16, num_layers=1, num_heads=2, ffn_size=32)
+    with torch.no_grad():
+        predictor.head.bias.fill_(rate)
+    path = tmp_path / f"rate{rate}.pth"
+    save_predictor(str(path), predictor, mean_wps=2.7)
+    return str(path)
+
+
+def test_speech_rate_sets_query_counts_and_stays_frozen(tiny_llm_dir, tiny_whisper_dir, tmp_path, fused):
+    width = fused.audio.feature_size
+    torch.manual_seed(0)
+    model, _ = build(fused_config(tiny_llm_dir, tiny_whisper_dir,
+                                  speech_rate_predictor=_predictor_file(tmp_path, width, 1.5)))
+    predictor = model.fused.speech_rate_predictor
+    assert predictor is not None and not any(p.requires_grad for p in predictor.parameters())
+    g = torch.Generator().manual_seed(0)
+    batch = make_batch(model.decoder.tokenizer)
+    batch["speech"] = torch.randn(2, 32000, generator=g) * 0.1
+    batch["speech_lengths"] = torch.tensor([32000, 16000])
+    batch["video"] = torch.randint(0, 256, (2, 50, 96, 96), generator=g, dtype=torch.uint8)
+    batch["video_lengths"] = torch.tensor([50, 25])
+    model.eval()
+    _, lengths = model.modality_tokens(["avsr"], batch)[FUSED]
+    assert lengths.tolist() == [9, 4]  # 2 s and 1 s at 3 queries/s x rate 1.5: floor(9.0), floor(4.5)
+    _, plain = fused.modality_tokens(["avsr"], batch)[FUSED]
+    assert plain.tolist() == [6, 3]  # rate 1 without a predictor
+
+    model.train()
+    assert not predictor.training  # frozen inside the model: no dropout in training either
+    before = {k: v.clone() for k, v in predictor.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, _, _ = model(**batch)
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in predictor.state_dict().items())
+
+
+def test_speech_rate_predictor_of_another_encoder_is_refused(tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    with pytest.raises(ValueError, match="reads 7-dim audio features"):
+        build(fused_config(tiny_llm_dir, tiny_whisper_dir, speech_rate_predictor=_predictor_file(tmp_path, 7, 1.0)))
+    with pytest.raises(ValueError, match="takes no speech rate"):
+        build(fused_config(tiny_llm_dir, tiny_whisper_dir, fused_compressor="avg_pool",
+                           fused_compressor_conf=dict(rate=2), speech_rate_predictor=_predictor_file(tmp_path, 32, 1.0)))
