@@ -58,13 +58,14 @@ from espnet_omni_avsr.models.modality_branch import ModalityBranch
 from espnet_omni_avsr.names import FUSED_INPUTS, MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
+from espnet_omni_avsr.projectors.mlp_out_norm_projector import MLPOutNormProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
 from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainable
 
 register_video_data_type()
 
 COMPRESSORS = dict(avg_pool=AvgPoolCompressor, stack=StackCompressor, qformer=QFormerCompressor)
-PROJECTORS = dict(mlp=MLPProjector, linear=LinearProjector)
+PROJECTORS = dict(mlp=MLPProjector, linear=LinearProjector, mlp_out_norm=MLPOutNormProjector)
 
 
 def _optional(name, classes, type_check):
