@@ -37,10 +37,13 @@ warmup_init=video         # module prefixes the main run loads from the warm-up'
                           #   src=dst loads src into another module, e.g. audio.projectors.4=audio.projectors.16
 warmup_from=              # stage 8: take the warm-up from this finished run dir (e.g. exp/<other tag>/warmup)
                           #   instead of training one: models that vary only what the warm-up does not train
+speech_rate=              # stage 8, early-fused models (conf/mms_llama): "train" trains MMS-LLaMA's speech-rate
+                          #   predictor on the training set first (exp/<tag>/speech_rate/rate.pth, with its dev
+                          #   error in rate.json) and gives it to the main run; a file path uses that predictor
 inference_args=           # extra avsr_inference options
 _options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs noise_dir decode_tasks
 local_data_opts video_mode min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
-model_tag inference_tag train_args warmup_config warmup_args warmup_init warmup_from inference_args"
+model_tag inference_tag train_args warmup_config warmup_args warmup_init warmup_from speech_rate inference_args"
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/parse_options.sh"
 . ./path.sh
 
@@ -104,10 +107,28 @@ stage7() {
         --batch_type unsorted --output_dir "${exp}/stats" --use_tensorboard false \
         $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
         --train_shape_file "${dumpdir}/${train_set}/${scp}" --valid_shape_file "${dumpdir}/${valid_set}/${scp}"; }
+speech_rate_predictor() {  # -> the predictor file for --speech_rate (trained once, then reused)
+    local out="${exp}/speech_rate/rate.pth" whisper
+    if [ "${speech_rate}" != train ]; then echo "${speech_rate}"; return 0; fi
+    if [ ! -e "${out}" ]; then
+        whisper=$(python -c 'import sys; from espnet_omni_avsr.utils.config_stack import load_config
+print((load_config(sys.argv[1]).get("audio_encoder_conf") or {}).get("model_dir") or "")' "${train_config}")
+        [ -n "${whisper}" ] || { echo "--speech_rate train: ${train_config} has no audio_encoder_conf.model_dir" >&2; return 1; }
+        mkdir -p "${exp}/speech_rate"
+        python -m espnet_omni_avsr.bin.train_speech_rate --train_dir "${dumpdir}/${train_set}" \
+            --valid_dir "${dumpdir}/${valid_set}" --whisper_dir "${whisper}" --output "${out}" \
+            > "${exp}/speech_rate/train.log" 2>&1 || { cat "${exp}/speech_rate/train.log" >&2; return 1; }
+        tail -n 3 "${exp}/speech_rate/train.log" >&2
+    fi
+    echo "${out}"; }
 stage8() {
-    local init=() best k shape warm="${exp}/warmup"
+    local init=() best k shape warm="${exp}/warmup" rate=()
     shape="$(names modality audio data_name)_shape"
     mkdir -p "${exp}"
+    if [ -n "${speech_rate}" ]; then
+        rate=(--speech_rate_predictor "$(speech_rate_predictor)") || return 1
+        [ -n "${rate[1]}" ] || return 1
+    fi
     if [ -n "${warmup_from}" ]; then
         warm="${warmup_from}"
         [ -e "${warm}/valid.loss.best.pth" ] || [ -e "${warm}/latest.pth" ] || {
@@ -133,7 +154,7 @@ stage8() {
     python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --ngpu "${ngpu}" --resume true \
         --output_dir "${exp}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
         --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
-        ${init[@]+--init_param "${init[@]}"} ${train_args} 2>&1 | tee "${exp}/train.log"; }
+        ${init[@]+--init_param "${init[@]}"} ${rate[@]+"${rate[@]}"} ${train_args} 2>&1 | tee "${exp}/train.log"; }
 stage9() {
     local m
     for m in valid.acc.ave.pth valid.acc.best.pth valid.loss.best.pth latest.pth; do
