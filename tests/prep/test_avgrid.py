@@ -111,6 +111,18 @@ def test_audio_and_video_durations_agree(corpus, items):
         assert abs(len(frames) - round(seconds * 25)) <= 1, it.uid
 
 
+def test_speakers_differ_in_speech_rate(corpus, items):
+    """The corpus is rate-varied by speaker (what MMS-LLaMA's speech-rate predictor learns from):
+    the fastest of the 4 speakers says its six words in at most 80% of the slowest one's time."""
+    by_speaker = {}
+    for it in _clean(items):
+        seconds = _wav_samples(corpus / (it.uid + ".wav")) / 16000
+        by_speaker.setdefault(it.speaker.name, []).append(6 / seconds)
+    rates = sorted(float(np.mean(v)) for v in by_speaker.values())
+    assert len(rates) == NUM_SPEAKERS
+    assert rates[-1] / rates[0] >= 1.25, rates
+
+
 def test_splits_are_speaker_disjoint(corpus):
     train_dir = {p.name for p in (corpus / "trainval").iterdir()}
     test_dir = {p.name for p in (corpus / "test").iterdir()}
