@@ -1,3 +1,4 @@
+import argparse
 import io
 import json
 import tarfile
@@ -276,4 +277,9 @@ def test_source_keys_cover_every_path_argument():
     for f in constructors:
         params = inspect.signature(f).parameters.values()
         found |= {p.name for p in params if p.name not in ("self", "cls") and _takes_str(p)}
+    # the task's own string options (the "Task related" group), e.g. --speech_rate_predictor FILE
+    parser = AVSRLLMTask.get_parser()
+    group = next(g for g in parser._action_groups if g.description == "Task related")
+    found |= {a.dest for a in group._group_actions
+              if a.type is str and a.help != argparse.SUPPRESS and not a.dest.endswith("_conf")}
     assert found - NOT_SOURCES == set(SOURCE_KEYS), "a new string argument: add it to SOURCE_KEYS or NOT_SOURCES"
