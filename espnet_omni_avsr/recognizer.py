@@ -160,11 +160,11 @@ class AVSRRecognizer:
         return list(self.model.tasks)
 
     def conditions_of(self, task: Optional[str] = None) -> Dict[str, Union[int, str]]:
-        """modality -> the condition (rate) `task` decodes at: `rates`, else the first trained one.
-        Integer rates come back as int."""
+        """stream (modality, or the fused stream) -> the condition (rate) `task` decodes at: `rates`,
+        else the first trained one. Integer rates come back as int."""
         out = {}
-        for m in TASK_MODALITIES[task or self.task]:
-            c = self.model.branches[m].check_condition(self.rates.get(m, self.model.conditions(m)[0]))
+        for m in self.model.task_streams(task or self.task):  # an early-fused AVSR: its one fused stream
+            c = self.model.stream_branches[m].check_condition(self.rates.get(m, self.model.conditions(m)[0]))
             out[m] = int(c) if c.isdigit() else c
         return out
 

@@ -175,11 +175,11 @@ def _build_branch(args: argparse.Namespace, prefix: str, llm_hidden: int) -> Opt
         "projector": audio_projector_choices if prefix == "audio" else video_projector_choices,
     }
     feeds_fusion = getattr(args, "fusion", None) is not None and prefix in FUSED_INPUTS
-    parts = [p for p in ("compressor", "projector") if getattr(args, f"{prefix}_{p}") is None]
+    parts = [p for p in ("compressor", "projector") if getattr(args, f"{prefix}_{p}", None) is None]
     if parts and not (feeds_fusion and len(parts) == 2):
         raise ValueError(f"{prefix}_frontend is set, so {prefix}_{parts[0]} must be set too"
                          + (" (or neither, when the branch only feeds the fusion)" if feeds_fusion else ""))
-    conf = lambda part: dict(getattr(args, f"{prefix}_{part}_conf") or {})  # noqa: E731
+    conf = lambda part: dict(getattr(args, f"{prefix}_{part}_conf", None) or {})  # noqa: E731
 
     # 1. front end: raw waveform / mouth-ROI frames -> features
     frontend = choices["frontend"].get_class(frontend_name)(**conf("frontend"))
@@ -235,12 +235,12 @@ def _build_fused_branch(
         raise ValueError(f"fusion: {args.fusion} joins {list(FUSED_INPUTS)}, but the config builds no {missing} "
                          f"branch (set {missing[0]}_frontend and {missing[0]}_encoder)")
     for part in ("fused_compressor", "fused_projector"):
-        if getattr(args, part) is None:
+        if getattr(args, part, None) is None:
             raise ValueError(f"fusion is set, so {part} must be set too")
     sizes = {f"{m}_size": branches[m].feature_size for m in FUSED_INPUTS}
-    fusion = fusion_choices.get_class(args.fusion)(**sizes, **(args.fusion_conf or {}))
+    fusion = fusion_choices.get_class(args.fusion)(**sizes, **(getattr(args, "fusion_conf", None) or {}))
     comp_class = fused_compressor_choices.get_class(args.fused_compressor)
-    comp_conf = dict(args.fused_compressor_conf or {})
+    comp_conf = dict(getattr(args, "fused_compressor_conf", None) or {})
     params = inspect.signature(comp_class.__init__).parameters
     if "rate" in comp_conf:  # a fixed rate: named by it
         condition = str(comp_conf["rate"])
@@ -250,7 +250,7 @@ def _build_fused_branch(
         raise ValueError(f"fused_compressor {args.fused_compressor}: set fused_compressor_conf.rate")
     compressor = comp_class(input_size=fusion.output_size(), **comp_conf)
     projector = fused_projector_choices.get_class(args.fused_projector)(
-        input_size=compressor.output_size(), output_size=llm_hidden, **(args.fused_projector_conf or {})
+        input_size=compressor.output_size(), output_size=llm_hidden, **(getattr(args, "fused_projector_conf", None) or {})
     )
     predictor = None
     if getattr(args, "speech_rate_predictor", None):

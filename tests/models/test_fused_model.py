@@ -185,3 +185,20 @@ def test_speech_rate_predictor_of_another_encoder_is_refused(tiny_llm_dir, tiny_
     with pytest.raises(ValueError, match="takes no speech rate"):
         build(fused_config(tiny_llm_dir, tiny_whisper_dir, fused_compressor="avg_pool",
                            fused_compressor_conf=dict(rate=2), speech_rate_predictor=_predictor_file(tmp_path, 32, 1.0)))
+
+
+def test_recognizer_decodes_a_fused_model(tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    """The inference library on an early-fused model: its one condition, labelled by the bare task."""
+    import yaml
+
+    from espnet_omni_avsr.names import condition_label
+    from espnet_omni_avsr.recognizer import AVSRRecognizer
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(fused_config(tiny_llm_dir, tiny_whisper_dir)))
+    rec = AVSRRecognizer(config, max_new_tokens=3)
+    assert rec.conditions_of("avsr") == {FUSED: "q3"}
+    assert condition_label("avsr", rec.conditions_of("avsr")) == "avsr"
+    batch = {k: v for k, v in make_batch(rec.model.decoder.tokenizer).items() if not k.startswith("text")}
+    out = rec.recognize_batch(batch, task="avsr")
+    assert out["llm_tokens"] == [3, 3] and len(out["text"]) == 2
