@@ -121,6 +121,8 @@ class AVSRRecognizer:
         if self.preprocess is not None and hasattr(self.preprocess, "normalize_text"):
             reference = self.preprocess.normalize_text(reference)
         self.tokens_per_char = len(tokenizer(reference, add_special_tokens=False)["input_ids"]) / len(reference)
+        self._record_at: Optional[tuple] = None  # (model dir, weights) for `meta`, set by from_pretrained
+        self._meta: Optional[Dict] = None
 
     @classmethod
     def from_pretrained(
@@ -144,14 +146,32 @@ class AVSRRecognizer:
                 raise ValueError(
                     f"{model} is not a model archive (a .tar / .tar.gz written by pack_model): {e}"
                 ) from None
-            return cls(config, weights, **kwargs)
+            return cls._with_record(cls(config, weights, **kwargs), dest, weights)
         config = model / "config.yaml"
         if not config.is_file():
             raise FileNotFoundError(f"{model} is neither a model archive nor a directory with config.yaml")
         for name in _MODEL_FILES:
             if (model / name).is_file():
-                return cls(config, model / name, **kwargs)
+                return cls._with_record(cls(config, model / name, **kwargs), model, model / name)
         raise FileNotFoundError(f"{model} has none of {list(_MODEL_FILES)}")
+
+    @staticmethod
+    def _with_record(rec: "AVSRRecognizer", directory: Path, weights: Path) -> "AVSRRecognizer":
+        rec._record_at = (Path(directory), Path(weights))
+        return rec
+
+    @property
+    def meta(self) -> Dict:
+        """What the model's folder records about it (read on first use): an archive's meta.yaml, or
+        for a training exp dir its validation losses and scored decodings
+        (`utils.model_archive.model_record`); {} for a model not loaded by `from_pretrained`."""
+        if self._meta is None:
+            self._meta = {}
+            if self._record_at is not None:
+                from espnet_omni_avsr.utils.model_archive import model_record
+
+                self._meta = model_record(*self._record_at)
+        return self._meta
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -159,12 +179,14 @@ class AVSRRecognizer:
         """The tasks the model was trained for (the first is its default)."""
         return list(self.model.tasks)
 
-    def conditions_of(self, task: Optional[str] = None) -> Dict[str, Union[int, str]]:
-        """stream (modality, or the fused stream) -> the condition (rate) `task` decodes at: `rates`,
-        else the first trained one. Integer rates come back as int."""
+    def conditions_of(self, task: Optional[str] = None, rates: Optional[Dict] = None) -> Dict[str, Union[int, str]]:
+        """stream -> the condition (rate) `task` decodes at: `rates` (default: the recognizer's),
+        else the first trained one. The streams are the task's modalities, or the fused
+        `audiovisual` stream of an early-fused model. Integer rates come back as int."""
+        rates = self.rates if rates is None else rates
         out = {}
-        for m in self.model.task_streams(task or self.task):  # an early-fused AVSR: its one fused stream
-            c = self.model.stream_branches[m].check_condition(self.rates.get(m, self.model.conditions(m)[0]))
+        for m in self.model.task_streams(task or self.task):
+            c = self.model.stream_branches[m].check_condition(rates.get(m, self.model.conditions(m)[0]))
             out[m] = int(c) if c.isdigit() else c
         return out
 
@@ -221,11 +243,13 @@ class AVSRRecognizer:
             raise ValueError(f"task {task!r} needs {list(TASK_MODALITIES[task])} in the batch")
         return seconds.tolist()
 
-    def recognize_batch(self, batch: Dict[str, torch.Tensor], task: Optional[str] = None) -> Dict[str, list]:
+    def recognize_batch(self, batch: Dict[str, torch.Tensor], task: Optional[str] = None,
+                        rates: Optional[Dict] = None) -> Dict[str, list]:
         """A collated batch (speech/video with lengths) -> {"text", "llm_tokens" (LLM input tokens
         from the modalities), "max_new_tokens" (each utterance's budget), "generated_tokens"
-        (before EOS)}."""
+        (before EOS)}. `rates`: stream -> condition for this batch (default: the recognizer's)."""
         task = task or self.task
+        rates = self.rates if rates is None else rates
         kwargs = {}
         if self.max_new_tokens is not None:
             budgets = [self.max_new_tokens] * len(next(iter(batch.values())))
@@ -241,7 +265,7 @@ class AVSRRecognizer:
         if self.beam_size > 1:
             kwargs["length_penalty"] = self.length_penalty
         batch = {k: v.to(self.device) for k, v in batch.items() if k in _INPUTS}
-        ids, n_tokens = self.model.generate_ids(**batch, task=task, rates=self.rates, num_beams=self.beam_size,
+        ids, n_tokens = self.model.generate_ids(**batch, task=task, rates=rates, num_beams=self.beam_size,
                                                 **kwargs)
         return {"text": self.model.hypotheses(ids), "llm_tokens": n_tokens.tolist(), "max_new_tokens": budgets,
                 "generated_tokens": _lengths_before_eos(ids, self.model.decoder.eos_id)}
@@ -254,9 +278,10 @@ class AVSRRecognizer:
         """One utterance: speech (S,) 16 kHz float waveform and/or video (T, H, W) uint8 mouth frames."""
         return self.transcribe([dict(speech=speech, video=video)])[0]
 
-    def decode(self, utterances: Sequence[Dict[str, np.ndarray]], task: Optional[str] = None) -> Dict[str, list]:
+    def decode(self, utterances: Sequence[Dict[str, np.ndarray]], task: Optional[str] = None,
+               rates: Optional[Dict] = None) -> Dict[str, list]:
         """Several utterances ({"speech": (S,), "video": (T, H, W)}, either may be absent) decoded as one
-        batch -> recognize_batch's dict."""
+        batch (at `rates`, default the recognizer's) -> recognize_batch's dict."""
         items = []
         for i, utt in enumerate(utterances):
             data = {k: np.asarray(v) for k, v in utt.items() if v is not None}
@@ -264,7 +289,7 @@ class AVSRRecognizer:
                 data = self.preprocess(f"utt{i}", data)
             items.append((f"utt{i}", data))
         _, batch = self.collate(items)
-        return self.recognize_batch(batch, task)
+        return self.recognize_batch(batch, task, rates)
 
     def transcribe(self, utterances: Sequence[Dict[str, np.ndarray]], task: Optional[str] = None) -> List[str]:
         """Several utterances decoded as one batch -> their transcripts."""

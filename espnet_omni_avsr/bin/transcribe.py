@@ -2,7 +2,7 @@
 """Transcribe face videos with their sound: raw media in, one transcript per input out.
 
     python -m espnet_omni_avsr.bin.transcribe --model exp/<tag>/packed/<tag>.tar INPUT... \
-        [--output_dir DIR] [--task asr|vsr|avsr] [--rates a16v5] [--batch_size 8] \
+        [--output_dir DIR] [--task asr|vsr|avsr] [--rates a16v5|auto] [--token_budget T] [--batch_size 8] \
         [--beam_size 1] [--length_penalty 1.0] [--max_new_tokens N] [--device auto|cpu|cuda[:N]] \
         [--save_crops] [--face_backend mediapipe|dlib] [--max_segment_seconds S]
 
@@ -18,15 +18,27 @@ espnet_omni_avsr/inference/transcriber.py), clips longer than the model's input 
 (espnet_omni_avsr/inference/segments.py), batched deterministic decoding (greedy or beam search;
 max_new_tokens from each segment's duration unless given: espnet_omni_avsr/recognizer.py).
 
+Conditions (elastic inference; espnet_omni_avsr/inference/rate_choice.py): --rates a16v5 forces
+one (default: the first trained). --token_budget T picks, for each task, among its trained
+conditions whose LLM input tokens per second (measured on the model's own branches) are <= T, the
+one with the lowest validation loss (recorded in an archive's meta.yaml at pack time, read from
+an exp dir's checkpoint.pth; the most tokens per second, with a warning, for a model without
+them); a budget below all of a task's conditions is an error naming its cheapest condition.
+--rates auto picks per input by its audio's estimated SNR (inference/snr.py): the lowest WER at
+the nearest SNR among the model's scored decodings (within T when given), else the budget rule
+with a warning. --rates CONDITION and --token_budget exclude each other.
+
 Output: "<input><TAB><transcript>" on stdout for each input transcribed, in input order; with
---output_dir, <name>.json per input (transcript, task, rates, segments, LLM tokens per second,
+--output_dir, <name>.json per input (transcript, task, rates and condition, how they were chosen
+(rate_choice), the audio's estimated SNR (snr_estimate_db), segments, LLM tokens per second,
 timing of each step, frames without a face, warnings; or the error), and with --save_crops the
 mouth crops as crops/<name>.mp4. <name> is the input's file name without extension (-2, -3, ...
 for repeated names).
 
 Exit status: 0 every input transcribed; 1 some input failed (each is named on stderr with the
 reason, and in its JSON), the others are transcribed; 2 bad arguments or a model that does not
-load (not an archive, an untrained --task or --rates, no input found).
+load (not an archive, an untrained --task or --rates, a --token_budget below every condition, no
+input found).
 """
 import argparse
 import contextlib
@@ -39,6 +51,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from espnet_omni_avsr.inference.media import MEDIA_EXTS
+from espnet_omni_avsr.inference.rate_choice import NoConditionFits, RateChooser
 from espnet_omni_avsr.inference.transcriber import DEFAULT_CUT_SEARCH_SECONDS, Transcriber
 from espnet_omni_avsr.names import TASK_MODALITIES, parse_conditions
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
@@ -55,7 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="force a task (default: from the streams of each input)")
     p.add_argument("--rates", default=None, metavar="CONDITION",
                    help="compression rates among the trained ones, as in condition labels: a16v5, a4 "
-                        "(elastic inference; default: the first trained)")
+                        "(elastic inference; default: the first trained); auto: per input, by its estimated SNR")
+    p.add_argument("--token_budget", type=float, default=None, metavar="T",
+                   help="LLM input tokens per second: decode at the trained condition within T with the best "
+                        "validation score")
     p.add_argument("--batch_size", type=int, default=8, help="segments decoded together")
     p.add_argument("--beam_size", type=int, default=1, help="1: greedy search; >1: beam search (HF num_beams)")
     p.add_argument("--length_penalty", type=float, default=1.0, help="beam search's length penalty (HF)")
@@ -75,6 +91,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", default=None, help="where an archive is unpacked (default ~/.cache/espnet_omni_avsr/<name>)")
     add_log_level(p)
     return p
+
+
+AUTO = "auto"
 
 
 def parse_rates(text: Optional[str]) -> Dict[str, int]:
@@ -146,8 +165,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, stdout) -> int:
     setup_logging(args.log_level)
+    auto = (args.rates or "").strip() == AUTO
+    if args.token_budget is not None and args.rates and not auto:
+        parser.error(f"--rates {args.rates} and --token_budget {args.token_budget:g} exclude each other: --rates "
+                     "forces a condition, --token_budget chooses one (--rates auto chooses within the budget)")
+    if args.token_budget is not None and not args.token_budget > 0:
+        parser.error(f"--token_budget must be a positive number of LLM input tokens per second, got {args.token_budget:g}")
     try:
-        rates = parse_rates(args.rates)
+        rates = {} if auto else parse_rates(args.rates)
         face_conf = yaml.safe_load(args.face_conf) or {}
         if not isinstance(face_conf, dict):
             raise ValueError(f"--face_conf must be a YAML mapping, got {args.face_conf!r}")
@@ -169,13 +194,27 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, stdout) -> 
             args.model, cache_dir=args.cache_dir, device=device, rates=rates, beam_size=args.beam_size,
             max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty)
         rec.check_rates()
+        chooser = None
+        if auto or args.token_budget is not None:
+            tasks = [t for t in ([args.task] if args.task else rec.trained_tasks) if t in rec.trained_tasks]
+            chooser = RateChooser(rec, args.token_budget, auto=auto)
+            for line in chooser.describe(tasks):
+                logging.info("trained conditions: %s", line)
+            for task, why in chooser.check(tasks).items():
+                logging.warning("%s: the inputs decoded as %s will fail", why, task)
+            for task in tasks if not auto else []:
+                with contextlib.suppress(NoConditionFits):
+                    logging.info("%s: %s", task, chooser.budget_choice(task).reason)
         crops_dir = os.path.join(args.output_dir, "crops") if args.output_dir else "crops"
         needs_video = "video" in (TASK_MODALITIES[args.task] if args.task else
                                   [m for t in rec.trained_tasks for m in TASK_MODALITIES[t]])
         face_prep = build_face_prep(args.face_backend, face_conf, rec.fps, crops_dir) if needs_video else None
         transcriber = Transcriber(rec, face_prep, task=args.task, batch_size=args.batch_size,
                                   max_segment_seconds=args.max_segment_seconds,
-                                  cut_search_seconds=args.cut_search_seconds)
+                                  cut_search_seconds=args.cut_search_seconds, rate_chooser=chooser)
+    except NoConditionFits as e:
+        logging.error("%s", e)
+        return 2
     except (ArchiveError, OSError, ValueError, PrepError) as e:
         logging.error("--model %s: %s", args.model, e)
         return 2

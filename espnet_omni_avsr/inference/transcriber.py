@@ -16,6 +16,11 @@ Batching: inputs are prepared one after the other and their segments collected u
 ``batch_size`` (one task per batch, longest first) and the records come back in input order. An
 utterance decodes alike alone and in a batch (recognizer.py), so batching changes no transcript.
 A batch that fails is decoded again one segment at a time, so that only its bad input fails.
+
+Conditions (compression rates): the recognizer's (``--rates``, or the first trained), or, with a
+rate chooser (rate_choice.py: ``--token_budget``, ``--rates auto``), one per input from its task
+(and its audio's estimated SNR, snr.py); batches then hold one task at one condition. The record
+names the condition, the rule that chose it and the estimated SNR of the audio the task reads.
 """
 import logging
 import math
@@ -26,7 +31,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from espnet_omni_avsr.inference.media import NOT_READ, MediaInput, load_media
+from espnet_omni_avsr.inference.rate_choice import NoConditionFits
 from espnet_omni_avsr.inference.segments import Segment, audio_energy, cut_segments, join_texts, motion_energy
+from espnet_omni_avsr.inference.snr import estimate_snr
 from espnet_omni_avsr.names import TASK_MODALITIES, condition_label, modalities_of
 from espnet_omni_avsr.prep.audio_prep import DEFAULT_MAX_AV_DIFF
 from espnet_omni_avsr.prep.errors import ItemError
@@ -82,6 +89,13 @@ class Prepared:
     generated: List[int] = field(default_factory=list)
     decode_seconds: float = 0.0
     error: Optional[str] = None
+    snr_db: Optional[float] = None
+    choice: Optional[object] = None  # a rate_choice.Choice, with a rate chooser
+
+    @property
+    def rates(self) -> Optional[Dict[str, str]]:
+        """stream -> condition chosen for this input; None: the recognizer's."""
+        return self.choice.candidate.rates if self.choice is not None else None
 
     def seconds(self, k: int) -> float:
         return (self.segments[k][1] - self.segments[k][0]) / self.media.fps
@@ -100,11 +114,15 @@ class Transcriber:
         batch_size: segments decoded together.
         max_segment_seconds: the longest segment (default: the model's input limit, else 30 s).
         cut_search_seconds: where a long clip's cut is searched, before the limit (segments.py).
+        rate_chooser: picks each input's condition (a `rate_choice.RateChooser`); None: the
+            recognizer's rates.
     """
 
     def __init__(self, recognizer, face_prep=None, task: Optional[str] = None, batch_size: int = 8,
-                 max_segment_seconds: Optional[float] = None, cut_search_seconds: float = DEFAULT_CUT_SEARCH_SECONDS):
+                 max_segment_seconds: Optional[float] = None, cut_search_seconds: float = DEFAULT_CUT_SEARCH_SECONDS,
+                 rate_chooser=None):
         self.recognizer = recognizer
+        self.rate_chooser = rate_chooser
         self.face_prep = face_prep
         self.trained = list(recognizer.trained_tasks)
         if task is not None and task not in self.trained:
@@ -162,21 +180,36 @@ class Transcriber:
             utterances.append(utt)
         media.timing["segment"] = time.perf_counter() - start
         n = len(segments)
+        snr = estimate_snr(speech, self.sample_rate) if speech is not None else None
+        choice = None
+        if self.rate_chooser is not None:
+            try:
+                choice = self.rate_chooser.choose(task, snr)
+            except NoConditionFits as e:
+                raise ItemError(f"{path}: {e}") from None
         return Prepared(index, path, media, task, segments, utterances, warnings,
-                        texts=[None] * n, llm_tokens=[0] * n, budgets=[0] * n, generated=[0] * n)
+                        texts=[None] * n, llm_tokens=[0] * n, budgets=[0] * n, generated=[0] * n,
+                        snr_db=None if snr is None else round(snr, 2), choice=choice)
 
     def decode(self, prepared: Sequence[Prepared]) -> None:
         """Decode the segments of ``prepared`` in batches (module docstring); fills their results."""
         jobs = [(p, k) for p in prepared if p.error is None for k in range(len(p.segments))]
         for task in TASK_MODALITIES:
-            group = sorted((j for j in jobs if j[0].task == task), key=lambda j: -j[0].seconds(j[1]))
-            for i in range(0, len(group), self.batch_size):
-                self._decode_batch(task, group[i: i + self.batch_size])
+            mine = [j for j in jobs if j[0].task == task]
+            for cond in sorted({_condition_key(p) for p, _ in mine}):  # one only without a rate chooser
+                group = sorted((j for j in mine if _condition_key(j[0]) == cond), key=lambda j: -j[0].seconds(j[1]))
+                for i in range(0, len(group), self.batch_size):
+                    self._decode_batch(task, group[i: i + self.batch_size])
 
     def _decode_batch(self, task: str, batch: List[Tuple[Prepared, int]]) -> None:
         start = time.perf_counter()
+        rates = batch[0][0].rates
         try:
-            out = self.recognizer.decode([p.utterances[k] for p, k in batch], task)
+            utterances = [p.utterances[k] for p, k in batch]
+            if rates is None:
+                out = self.recognizer.decode(utterances, task)
+            else:
+                out = self.recognizer.decode(utterances, task, rates=rates)
         except Exception as e:  # decode one at a time: only the segment at fault fails
             if len(batch) > 1:
                 for job in batch:
@@ -206,7 +239,13 @@ class Transcriber:
         media = p.media
         duration = max(media.duration, 1e-9)
         generated = p.generated
-        conditions = self.recognizer.conditions_of(p.task)
+        if p.choice is not None:
+            conditions, label = p.choice.candidate.json_conditions(), p.choice.candidate.label
+            choice = p.choice.record()
+        else:
+            conditions = self.recognizer.conditions_of(p.task)
+            label = condition_label(p.task, conditions)
+            choice = {"rule": "forced" if getattr(self.recognizer, "rates", None) else "default"}
         timing = dict(media.timing, decode=p.decode_seconds)
         timing["total"] = sum(timing.values())
         segments = [dict(start=a / media.fps, end=b / media.fps, text=t, llm_input_tokens=n, max_new_tokens=m,
@@ -218,7 +257,9 @@ class Transcriber:
             "text": join_texts(p.texts),
             "task": p.task,
             "rates": conditions,
-            "condition": condition_label(p.task, conditions),
+            "condition": label,
+            "rate_choice": choice,
+            "snr_estimate_db": p.snr_db,
             "duration": media.duration,
             "segments": segments,
             "llm_input_tokens": sum(p.llm_tokens),
@@ -262,6 +303,11 @@ class Transcriber:
             self.decode(prepared)
         for c in chunk:
             yield (self.record(c), c) if isinstance(c, Prepared) else (c, None)
+
+
+def _condition_key(p: Prepared) -> Tuple:
+    """What a batch must share besides its task: the input's chosen condition."""
+    return tuple(sorted((p.rates or {}).items()))
 
 
 def failure(path: str, message: str) -> Dict:

@@ -4,7 +4,8 @@ Archive layout (``.tar``, or gzip-compressed for ``.tar.gz`` / ``.tgz``)::
 
     meta.yaml            format version, date, versions, source paths, sha256 of model.pth and of the
                          source config, the pretrained sources (archive name -> source path, kind,
-                         config keys, included)
+                         config keys, included); when the exp dir has them, the validation loss
+                         of each condition label and the WERs of its scored decodings (below)
     config.yaml          the training config; every value under a key of ``SOURCE_KEYS``, at any
                          depth of nested dicts and lists, rewritten to ``pretrained/<name>``
     model.pth            the trained weights
@@ -28,6 +29,25 @@ that would land outside ``dest_dir``; checks model.pth against the recorded sha2
 ``pretrained/<name>`` paths of config.yaml to absolute paths (under ``dest_dir``, or under
 ``pretrained_dir`` for archives packed without them); and writes ``.unpacked`` last, so a second
 call with the same archive does nothing. Archives of format 1 (folders only) unpack the same way.
+
+What the model scored, for choosing its conditions at inference (``inference/rate_choice.py``),
+read from the exp dir (default: the config's folder) and left out of meta.yaml when absent::
+
+    validation:            from <exp>/checkpoint.pth (ESPnet's reporter state, per-epoch statistics)
+      epoch: 12            the epoch whose weights are packed (model file <N>epoch.pth, symlinks
+      epoch_of: packed weights   followed), else the last epoch with validation statistics
+                           ("last epoch": e.g. an average of several epochs)
+      source: /abs/exp/checkpoint.pth
+      loss: {asr_a4: 1.23, asr_a16: 1.41, avsr_a4v2: 1.02, ...}
+    results:               from <exp>/decode_*/<test_set>/<label>/snr_*/score_wer/summary.json
+      source: /abs/exp
+      wer: {<inference_tag>: {<test_set>: {<label>: {clean: 2.1, '10': 3.4, '-5': 21.0}}}}
+
+``loss`` holds the validation statistics ``loss_<label>`` whose ``<label>`` is a condition label
+(``names.parse_condition_label``): one per (task, condition) job, as validation runs every
+condition (a bare task name, with several tasks, is that task's mean over its conditions); a model
+with one condition per task reports none. WERs are in %, SNR keys as ``names.format_snr`` writes
+them.
 """
 from __future__ import annotations
 
@@ -37,7 +57,9 @@ import io
 import json
 import logging
 import os
+import math
 import platform
+import re
 import shutil
 import tarfile
 from importlib import metadata
@@ -45,6 +67,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import yaml
+
+from espnet_omni_avsr.names import CLEAN, DECODE_GLOB, format_snr, parse_condition_label, parse_decode_dir
 
 PathLike = Union[str, os.PathLike]
 FOLDER, FILE = "folder", "file"
@@ -64,6 +88,11 @@ _VERSIONED = ("torch", "espnet", "transformers", "peft", "espnet_omni_avsr")
 _OURS = ("meta.yaml", "config.yaml", "model.pth", ARCHIVE_PRETRAINED, UNPACK_MARKER)
 
 KeyPath = Tuple[Union[str, int], ...]
+CHECKPOINT = "checkpoint.pth"       # ESPnet's trainer state, rewritten every epoch
+VALID_KEY = "valid"                 # the reporter's key of the validation statistics
+LOSS_PREFIX = "loss_"
+SUMMARY = "score_wer/summary.json"  # under a decoding dir (bin/score)
+_EPOCH_FILE_RE = re.compile(r"([0-9]+)epoch\.pth")
 
 
 class ArchiveError(RuntimeError):
@@ -154,6 +183,109 @@ def _anonymise(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+# --------------------------------------------------------------------------- what the model scored
+
+
+def _reporter_globals() -> list:
+    """The non-tensor types of ESPnet's reporter state that torch's weights_only loader refuses by
+    default: numpy scalars (its training averages), their dtypes and the epochs' durations."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)}
+    return [datetime.timedelta, scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *sorted(dtypes, key=str)]
+
+
+def read_reporter_stats(checkpoint: PathLike) -> Optional[Dict[int, dict]]:
+    """epoch -> {"train": {...}, "valid": {...}} from ESPnet's ``checkpoint.pth``, read with the
+    project's safe loader (utils/safe_checkpoint.py) admitting the reporter's plain value types
+    (:func:`_reporter_globals`) too; None (and a warning) for a file it cannot read that way."""
+    import torch
+
+    from espnet_omni_avsr.utils.safe_checkpoint import UnsafeCheckpointError, load_checkpoint
+
+    try:
+        with torch.serialization.safe_globals(_reporter_globals()):
+            contents, _ = load_checkpoint(str(checkpoint))
+    except (UnsafeCheckpointError, ValueError, OSError) as e:
+        logging.warning(f"{checkpoint}: no validation statistics read ({e})")
+        return None
+    reporter = contents.get("reporter") if isinstance(contents, dict) else None
+    stats = reporter.get("stats") if isinstance(reporter, dict) else None
+    if not isinstance(stats, dict):
+        logging.warning(f"{checkpoint}: no reporter state (not a checkpoint.pth of ESPnet's trainer?)")
+        return None
+    return {int(e): d for e, d in stats.items() if isinstance(d, dict)}
+
+
+def _is_label(text: str) -> bool:
+    try:
+        parse_condition_label(text)
+    except ValueError:
+        return False
+    return True
+
+
+def validation_record(exp_dir: PathLike, model_file: Optional[PathLike] = None) -> Optional[dict]:
+    """The ``validation`` entry of meta.yaml (module docstring) from ``<exp_dir>/checkpoint.pth``;
+    None when there is none, or no epoch with validation statistics."""
+    path = Path(exp_dir) / CHECKPOINT
+    if not path.is_file():
+        return None
+    stats = read_reporter_stats(path)
+    epochs = sorted(e for e, d in (stats or {}).items() if isinstance(d.get(VALID_KEY), dict))
+    if not epochs:
+        return None
+    epoch, which = epochs[-1], "last epoch"
+    if model_file is not None:
+        match = _EPOCH_FILE_RE.fullmatch(Path(model_file).resolve().name)
+        if match and int(match.group(1)) in epochs:
+            epoch, which = int(match.group(1)), "packed weights"
+    loss = {}
+    for key, value in stats[epoch][VALID_KEY].items():
+        label = key[len(LOSS_PREFIX):] if isinstance(key, str) and key.startswith(LOSS_PREFIX) else None
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if label and _is_label(label) and math.isfinite(value):
+            loss[label] = value
+    return {"epoch": int(epoch), "epoch_of": which, "source": str(path.resolve()), "loss": dict(sorted(loss.items()))}
+
+
+def decode_results(exp_dir: PathLike) -> Optional[dict]:
+    """The ``results`` entry of meta.yaml (module docstring) from the scored decoding dirs of
+    ``exp_dir``; None when there are none. Unreadable summaries are skipped with a warning."""
+    exp = Path(exp_dir)
+    wer: Dict[str, dict] = {}
+    for path in sorted(exp.glob(f"{DECODE_GLOB}/{SUMMARY}")):
+        try:
+            d = parse_decode_dir(path.parent.parent.as_posix())
+            value = float(json.loads(path.read_text(encoding="utf-8"))["wer"])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            logging.warning(f"{path}: left out of the archive's results ({type(e).__name__}: {e})")
+            continue
+        snr = CLEAN if d.snr is None else format_snr(d.snr)
+        wer.setdefault(d.inference_tag, {}).setdefault(d.test_set, {}).setdefault(d.label, {})[snr] = value
+    return {"source": str(exp.resolve()), "wer": wer} if wer else None
+
+
+def model_record(directory: PathLike, model_file: Optional[PathLike] = None) -> dict:
+    """What a model directory says about its model: the meta.yaml of an unpacked archive, else (a
+    training exp dir) its ``validation`` and ``results`` read as pack_model would."""
+    directory = Path(directory)
+    meta_path = directory / "meta.yaml"
+    if meta_path.is_file():
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+        return meta if isinstance(meta, dict) else {}
+    out = {}
+    for key, value in (("validation", validation_record(directory, model_file)), ("results", decode_results(directory))):
+        if value is not None:
+            out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------- pack
 
 
@@ -164,6 +296,7 @@ def pack_model(
     include_pretrained: bool = True,
     base_dir: Optional[PathLike] = None,
     force: bool = False,
+    exp_dir: Optional[PathLike] = None,
 ) -> dict:
     """Write the archive (layout in the module docstring); returns the meta record.
 
@@ -178,6 +311,8 @@ def pack_model(
         include_pretrained: copy the referenced folders and files in (else only their names are
             kept, and ``unpack_model`` needs ``pretrained_dir``).
         base_dir: what relative paths in the config are relative to (default: the current directory).
+        exp_dir: where the validation statistics and scored decodings are read (module docstring;
+            default: the config's folder).
     """
     config_yaml, model_file, out_path = Path(config_yaml), Path(model_file), Path(out_path)
     base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
@@ -222,6 +357,10 @@ def pack_model(
         "pretrained_included": bool(include_pretrained),
         "pretrained": record,
     }
+    exp = Path(exp_dir) if exp_dir is not None else config_yaml.parent
+    for key, value in (("validation", validation_record(exp, model_file)), ("results", decode_results(exp))):
+        if value is not None:
+            meta[key] = value
     if out_path.is_file() and not force:
         try:
             with tarfile.open(out_path, "r:*") as tar:
@@ -229,8 +368,8 @@ def pack_model(
         except (ArchiveError, tarfile.TarError) as e:
             logging.warning(f"{out_path} exists but is not a readable model archive ({e}): rewriting it")
             old = {}
-        same = ("model_sha256", "config_sha256", "pretrained_included", "pretrained")
-        if all(old.get(k) == meta[k] for k in same):
+        same = ("model_sha256", "config_sha256", "pretrained_included", "pretrained", "validation", "results")
+        if all(old.get(k) == meta.get(k) for k in same):
             logging.info(f"{out_path} already holds this model: skipped")
             return old
     out_path.parent.mkdir(parents=True, exist_ok=True)
