@@ -71,6 +71,9 @@ def _encoder_state_dict(model_dir: str) -> Dict[str, torch.Tensor]:
     return state
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 class WhisperEncoder(AbsEncoder):
     """Whisper's audio encoder (conv1, conv2 stride 2, sinusoid-initialised positions, layers, LayerNorm).
 
@@ -93,6 +96,9 @@ class WhisperEncoder(AbsEncoder):
             i = after layer i, negative values count from the end (-1 = last layer). The final
             LayerNorm is applied only to the last layer's output.
         attn_implementation: "sdpa" or "eager".
+        dtype: the encoder's weights and arithmetic, "float32" (default), "bfloat16" or "float16";
+            the output is float32 either way. bf16 pays on hardware with bf16 matrix units (CPUs
+            with AMX / avx512_bf16, GPUs); elsewhere it is emulated and slower.
     """
 
     def __init__(
@@ -102,8 +108,11 @@ class WhisperEncoder(AbsEncoder):
         frozen: bool = True,
         output_layer: int = -1,
         attn_implementation: str = "sdpa",
+        dtype: str = "float32",
     ):
         super().__init__()
+        if dtype not in _DTYPES:
+            raise ValueError(f"WhisperEncoder: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if not model_dir:
             raise FileNotFoundError("WhisperEncoder: model_dir is required (a local Hugging Face Whisper folder)")
         if attn_implementation not in ("sdpa", "eager"):
@@ -124,8 +133,9 @@ class WhisperEncoder(AbsEncoder):
 
         with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
             self.encoder = HFWhisperEncoder(config)
-        dtype = torch.get_default_dtype()
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _encoder_state_dict(model_dir).items()}
+        weights_dtype = _DTYPES[dtype]
+        state = {k: v.to(weights_dtype) if v.is_floating_point() else v
+                 for k, v in _encoder_state_dict(model_dir).items()}
         missing, unexpected = self.encoder.load_state_dict(state, strict=False, assign=True)
         if missing:
             raise FileNotFoundError(f"WhisperEncoder: encoder weights missing in '{model_dir}': {sorted(missing)[:8]}")
@@ -204,4 +214,4 @@ class WhisperEncoder(AbsEncoder):
 
         t_out = int(olens.max().item()) if olens.numel() else 0
         h = h[:, :t_out] * out_valid[:, :t_out, None].to(h.dtype)  # (B, T', D), padded frames zero
-        return h, olens, None
+        return h.float(), olens, None

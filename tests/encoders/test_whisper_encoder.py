@@ -124,3 +124,26 @@ def test_reads_pytorch_model_bin(tiny_whisper_dir, tmp_path):
     encoder = WhisperEncoder(input_size=80, model_dir=str(tmp_path))
     feats, lens = feats_and_lengths([21])
     torch.testing.assert_close(encoder(feats, lens)[0], reference(feats, lens)[0])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_encoder_matches_float32(tiny_whisper_dir, dtype):
+    """The weights in bf16 / fp16, the output float32 and close to the float32 encoder's (cosine
+    per frame); padding invariance holds in that dtype too."""
+    ref_enc = WhisperEncoder(input_size=80, model_dir=tiny_whisper_dir)
+    enc = WhisperEncoder(input_size=80, model_dir=tiny_whisper_dir, dtype=dtype)
+    assert enc.encoder.conv1.weight.dtype == getattr(torch, dtype)
+    feats, lens = feats_and_lengths([120, 64])
+    with torch.no_grad():
+        ref, _, _ = ref_enc(feats, lens)
+        out, olens, _ = enc(feats, lens)
+        alone, _, _ = enc(feats[1:, :64], lens[1:])
+    assert out.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(out[0, :60], ref[0, :60], dim=-1)
+    assert cos.min() > 0.99, cos.min()
+    torch.testing.assert_close(alone[0], out[1, : int(olens[1])], atol=1e-2, rtol=0)
+
+
+def test_unknown_dtype_is_refused(tiny_whisper_dir):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        WhisperEncoder(input_size=80, model_dir=tiny_whisper_dir, dtype="int8")
