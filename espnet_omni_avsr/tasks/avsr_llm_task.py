@@ -19,7 +19,6 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.tasks.abs_task import AbsTask
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.preprocessor import AbsPreprocessor
-from espnet2.train.trainer import Trainer
 from espnet2.utils.types import str2bool
 from typeguard import typechecked
 
@@ -53,6 +52,7 @@ from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
+from espnet_omni_avsr.utils.safe_training import SafeTrainer, check_init_params
 from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainable
 
 register_video_data_type()
@@ -226,7 +226,7 @@ class AVSRLLMTask(AbsTask):
         model_choices,
         preprocessor_choices,
     ]
-    trainer = Trainer
+    trainer = SafeTrainer  # --resume reads with weights_only (utils/safe_training.py)
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):
@@ -317,3 +317,8 @@ class AVSRLLMTask(AbsTask):
         )
         log_trainable_summary(model)
         return model
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace):
+        check_init_params(args)  # --init_param files load with weights_only, or are refused
+        super().main_worker(args)

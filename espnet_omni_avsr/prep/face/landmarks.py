@@ -10,7 +10,8 @@ of NaN.
   transform is estimated, so that detector jitter does not shake the crop.
 - :func:`load_landmarks`: precomputed tracks, as ``.npy`` (T, 68, 2) with NaN rows for missing
   frames, or ``.pkl`` holding a list with one (68, 2) array or None per frame (the layout of the
-  landmark files published for LRS3 by earlier lip-reading work).
+  landmark files published for LRS3 by earlier lip-reading work), read by a restricted unpickler
+  that admits numpy arrays and plain containers only.
 """
 import os
 import pickle
@@ -19,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from espnet_omni_avsr.prep.errors import ItemError
+from espnet_omni_avsr.utils.safe_pickle import load_array_pickle
 
 
 def detected(track: np.ndarray) -> np.ndarray:
@@ -61,8 +63,9 @@ def load_landmarks(path: str, num_frames: Optional[int] = None) -> np.ndarray:
         if path.endswith(".npy"):
             track = np.load(path).astype(np.float64)
         else:
-            with open(path, "rb") as f:
-                frames = pickle.load(f)  # the user's own landmark files
+            frames = load_array_pickle(path)  # arrays and None only: a pickle naming code is refused
+            if not isinstance(frames, (list, tuple)):
+                raise ValueError(f"expected a list of (68, 2) arrays or None per frame, got {type(frames).__name__}")
             track = np.stack([np.full((68, 2), np.nan) if f is None else np.asarray(f, np.float64).reshape(68, 2)
                               for f in frames])
     except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError) as e:
