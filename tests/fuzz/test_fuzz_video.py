@@ -141,7 +141,7 @@ def test_variable_frame_rate(tmp_path, ext):
         with open(cut, "wb") as f:
             f.write(data[: len(data) // 2])
         out = case("video_io.container", f"variable frame rate {k}, truncated{ext}", lambda: read_video(cut), [cut])
-        assert out is None or len(out) < n or ext == ".mp4"  # a cut mkv is refused (an mp4 cut keeps no frames)
+        assert out is None or len(out) < n  # refused, or fewer frames (at least 90 % of the declared ones)
 
 
 def _random_array(rng):
