@@ -52,7 +52,8 @@ from espnet_omni_avsr.names import MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
-from espnet_omni_avsr.utils.safe_training import SafeTrainer, check_init_params
+from espnet_omni_avsr.tasks.arg_checks import check_run_args
+from espnet_omni_avsr.utils.safe_training import SafeTrainer
 from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainable
 
 register_video_data_type()
@@ -320,5 +321,5 @@ class AVSRLLMTask(AbsTask):
 
     @classmethod
     def main_worker(cls, args: argparse.Namespace):
-        check_init_params(args)  # --init_param files load with weights_only, or are refused
+        check_run_args(args)  # config values, text data files, --init_param (tasks/arg_checks.py)
         super().main_worker(args)
