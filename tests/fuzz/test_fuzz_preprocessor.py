@@ -207,3 +207,36 @@ def test_wav_files_through_stage_3(tmp_path):
         if out is not None:
             info = soundfile.info(out["path"])
             assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16") and info.frames > 0
+
+
+def test_transcript_files(tmp_path):
+    """Text files as ESPnet's `text` type reads them: a line that is not UTF-8 is named (file and
+    line) by the task's argument checks before ESPnet's loader, whose UnicodeDecodeError names neither."""
+    import argparse
+
+    from espnet_omni_avsr.tasks.arg_checks import check_text_files
+
+    rng = np.random.default_rng(15)
+    for k in range(20):
+        lines = []
+        for i in range(int(rng.integers(1, 6))):
+            words = rng.choice(["hello", "wörld", "中文", "caf\xe9", "🤖", ""], int(rng.integers(0, 4)))
+            line = f"u{i} {' '.join(words)}".encode()
+            if rng.random() < 0.25:
+                line += rng.choice([b"\xff", b"\xe9", b"\xc3", b"\xed\xa0\x80"])  # not UTF-8
+            lines.append(line)
+        path = tmp_path / f"text{k}"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        args = argparse.Namespace(train_data_path_and_name_and_type=[(str(path), "text", "text")],
+                                  valid_data_path_and_name_and_type=None)
+        bad = [n for n, line in enumerate(lines, 1) if not _is_utf8(line)]
+        case("text files", f"text file {k}", lambda: check_text_files(args),
+             [f"{path}:{bad[0]}" if bad else str(path)], expect="error" if bad else "ok")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
