@@ -2,6 +2,14 @@
 
 espnet itself is not an install_requires: espnet==202511 pins setuptools<74, which conflicts with
 torch>=2.13. tools/install.sh installs it with --no-deps plus its requirements.
+
+Lower bounds (what the code's APIs need; tests/test_dependency_bounds.py checks the installed ones):
+- torch>=2.6: torch.serialization.safe_globals (2.5) with (callable, "module.name") entries (2.6),
+  used for weights-only resume checkpoints (utils/safe_checkpoint.py); transformers>=5.4 needs >=2.4.
+- transformers>=5.4: Whisper encoder layers return a tensor and take no head mask from 5.4 on
+  (encoders/whisper_encoder.py; 5.3 returns a tuple); from_pretrained(dtype=...) needs >=4.56.
+- peft>=0.7: LoRA layers keep the wrapped layer as `base_layer`, inject_adapter_in_model (0.6 differs).
+- typeguard>=4: check_type(..., collection_check_strategy=...) (tasks/arg_checks.py).
 """
 from setuptools import find_packages, setup
 
@@ -13,9 +21,10 @@ setup(
     package_data={"espnet_omni_avsr.prep.face": ["data/*.npy", "data/README.md"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.1",
-        "transformers>=4.46",
-        "peft>=0.13",
+        "torch>=2.6",
+        "transformers>=5.4",
+        "peft>=0.7",
+        "typeguard>=4",
         "sentencepiece",
         "kaldiio>=2.18",
         "jiwer>=3",

@@ -25,6 +25,7 @@ import torch
 
 from espnet_omni_avsr.names import MODALITIES, TASK_MODALITIES
 from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
+from espnet_omni_avsr.utils.safe_checkpoint import load_weights
 
 _INPUTS = tuple(k for m in MODALITIES.values() for k in (m.data_name, m.lengths_name))
 _MODEL_FILES = ("model.pth", "valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.best.pth", "latest.pth")
@@ -98,9 +99,10 @@ class AVSRRecognizer:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if max_new_tokens is not None and max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1 (or None: from the duration), got {max_new_tokens}")
+        # the weights first: a file that is refused (its pickle names code) or unreadable fails fast
+        state = None if model_file is None else load_weights(model_file, what="model file", map_location=device)
         model, args = AVSRLLMTask.build_model_from_file(train_config, None, device)
-        if model_file is not None:
-            state = torch.load(model_file, map_location=device, weights_only=True)
+        if state is not None:
             model.load_state_dict(state, strict=True)  # frozen pretrained weights may be absent
         model.eval()
         self.model = model

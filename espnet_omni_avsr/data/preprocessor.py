@@ -16,8 +16,11 @@ class AVSRPreprocessor(AbsPreprocessor):
     """Tokenizes the transcript with the LLM's own tokenizer, checks the inputs and, in training,
     adds noise to the audio.
 
-    Errors name the utterance: an empty transcript, multi-channel audio, or audio and video
-    whose durations disagree by more than `max_av_offset` seconds.
+    Errors (ValueError) name the utterance: a transcript that is empty or not text (bytes that
+    are not UTF-8, lone surrogates), audio that is multi-channel, empty, not numeric or holds NaN
+    or infinite samples, video frames that are not (frames, height, width) with pixels, audio and
+    video whose durations disagree by more than `max_av_offset` seconds, or either longer than
+    `max_duration`.
 
     Args:
         train: training mode (ESPnet passes it).
@@ -25,6 +28,8 @@ class AVSRPreprocessor(AbsPreprocessor):
         text_case: "lower" (default; WER is scored on lower-cased words), "upper" or "keep".
         sample_rate: audio rate in Hz; fps: video frame rate.
         max_av_offset: largest allowed |audio duration - video duration| in seconds (None: no check).
+        max_duration: longest allowed audio or video in seconds (None: no limit), checked before
+            anything is copied; e.g. 30 for a Whisper encoder, which reads at most 30 s.
         noise: training-time noise (``prep.noise.NoiseAugmenter``): a wav file, a folder searched
             for wavs, or a list of them (the recipes give ``dump/noise/babble.wav``); None: off.
             Only the training loader adds noise; validation and decoding stay clean.
@@ -49,6 +54,7 @@ class AVSRPreprocessor(AbsPreprocessor):
         sample_rate: int = 16000,
         fps: float = 25.0,
         max_av_offset: Optional[float] = 0.5,
+        max_duration: Optional[float] = None,
         text_name: str = TEXT.data_name,
         speech_name: str = MODALITIES["audio"].data_name,
         video_name: str = MODALITIES["video"].data_name,
@@ -65,6 +71,9 @@ class AVSRPreprocessor(AbsPreprocessor):
         self.sample_rate = sample_rate
         self.fps = fps
         self.max_av_offset = max_av_offset
+        if max_duration is not None and not max_duration > 0:
+            raise ValueError(f"max_duration must be > 0 seconds (or None: no limit), got {max_duration!r}")
+        self.max_duration = max_duration
         self.text_name, self.speech_name, self.video_name = text_name, speech_name, video_name
         self.augment = None
         self.noise_seed = None if noise_seed is None else int(noise_seed)
@@ -90,29 +99,44 @@ class AVSRPreprocessor(AbsPreprocessor):
             return text.upper()
         return text
 
+    def _too_long(self, uid: str, what: str, seconds: float) -> None:
+        if self.max_duration is not None and seconds > self.max_duration:
+            raise ValueError(f"utterance {uid}: {what} lasts {seconds:.1f} s, longer than max_duration "
+                             f"{self.max_duration:g} s")
+
     def __call__(self, uid: str, data: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        data = dict(data)  # the caller's dict stays as it was (a second call sees the same input)
         if self.text_name in data:
-            text = self.normalize_text(str(data[self.text_name]))
+            text = self.normalize_text(_transcript(uid, data[self.text_name]))
             if not text:
                 raise ValueError(f"utterance {uid}: empty transcript")
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             data[self.text_name] = np.asarray(ids, dtype=np.int64)
         speech = data.get(self.speech_name)
         if speech is not None:
+            speech = np.asarray(speech)
             if speech.ndim == 2 and speech.shape[1] == 1:
                 speech = speech[:, 0]
             if speech.ndim != 1:
                 raise ValueError(f"utterance {uid}: audio must be mono, got shape {speech.shape}")
             if speech.size == 0:
                 raise ValueError(f"utterance {uid}: empty audio")
+            if speech.dtype.kind not in "fiu":
+                raise ValueError(f"utterance {uid}: audio samples of dtype {speech.dtype} are not real numbers")
+            self._too_long(uid, "audio", speech.shape[0] / self.sample_rate)
+            # a float64 sum is NaN or infinite exactly when a sample is (float32 samples cannot
+            # overflow it), and allocates nothing
+            if speech.dtype.kind == "f" and not np.isfinite(np.sum(speech, dtype=np.float64)):
+                raise ValueError(f"utterance {uid}: the audio holds NaN or infinite samples")
             speech = speech.astype(np.float32, copy=False)
             if self.augment is not None:
                 speech = self.augment(speech, self.noise_rng(uid))
             data[self.speech_name] = speech
         video = data.get(self.video_name)
         if video is not None:
-            if video.ndim != 3 or video.shape[0] == 0:
+            if video.ndim != 3 or 0 in video.shape:
                 raise ValueError(f"utterance {uid}: video must be (frames, height, width), got {video.shape}")
+            self._too_long(uid, "video", video.shape[0] / self.fps)
             if speech is not None and self.max_av_offset is not None:
                 a, v = speech.shape[0] / self.sample_rate, video.shape[0] / self.fps
                 if abs(a - v) > self.max_av_offset:
@@ -148,6 +172,24 @@ def _epoch_aware_preprocessors(factory: object, depth: int = 0) -> List[AVSRPrep
             if isinstance(value, AbsIterFactory):
                 found += _epoch_aware_preprocessors(value, depth + 1)
     return found
+
+
+def _transcript(uid: str, value) -> str:
+    """The loader's transcript as str: ESPnet's text loader gives str; bytes must be UTF-8."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"utterance {uid}: the transcript is not UTF-8 text ({e})") from None
+    if not isinstance(value, str):
+        raise ValueError(f"utterance {uid}: the transcript must be text, got {type(value).__name__} {value!r:.60}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates, e.g. from a file read with errors="surrogateescape"
+        raise ValueError(f"utterance {uid}: the transcript is not valid Unicode text ({e})") from None
+    return value
 
 
 def _snr(value: Union[float, str, None]) -> Optional[float]:

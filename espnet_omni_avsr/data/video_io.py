@@ -31,7 +31,8 @@ _KALDI_SPEC = re.compile(r"^(?P<ark>.+):(?P<offset>\d+)(?P<slice>\[[^\]]*\])?$")
 # Truncation check for containers that keep no sample table (mkv, webm): the file is called
 # truncated when its decoded frames cover less than this fraction of the duration its header
 # declares (less one frame). Cut-with-copy mp4 files decode a few frames fewer than their edit
-# list's duration, so the check leaves slack.
+# list's duration, so the check leaves slack. A variable-frame-rate file has fewer frames than
+# duration x nominal rate; it passes when its frames' timestamps span the duration just as far.
 _MIN_DECODED_FRACTION = 0.9
 MIN_DECODED_FRACTION = _MIN_DECODED_FRACTION  # public: inference/media.py applies it to whole containers
 
@@ -96,7 +97,7 @@ def video_info(path_or_spec: PathLike, exact: bool = False) -> Tuple[int, Option
     if suffix == ".npy":
         try:
             array = np.load(spec, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise VideoReadError(f"{spec}: not a readable .npy array: {e}") from e
         _check_frame_shape(array.shape, spec)
         if array.shape[0] == 0:
@@ -110,6 +111,8 @@ def video_info(path_or_spec: PathLike, exact: bool = False) -> Tuple[int, Option
     with _open_container(spec) as container:
         stream = _first_video_stream(container, spec)
         fps = _stream_rate(stream)
+        if stream.codec_context is None:
+            raise VideoReadError(f"{spec}: the video stream's codec is unknown to FFmpeg (corrupt header?)")
         height, width = stream.codec_context.height, stream.codec_context.width
         num_frames = int(stream.frames)
         if num_frames <= 0:
@@ -132,7 +135,7 @@ def _is_kaldi_spec(spec: str) -> bool:
 def _open_container(path: str) -> "av.container.InputContainer":
     try:
         return av.open(path)
-    except av.FFmpegError as e:
+    except (av.FFmpegError, UnicodeDecodeError) as e:  # corrupt metadata strings are not UTF-8
         raise VideoReadError(f"{path}: not a decodable video file (corrupt or truncated): {e}") from e
 
 
@@ -147,27 +150,34 @@ def _stream_rate(stream) -> Optional[float]:
     return float(rate) if rate else None
 
 
-def _declared_num_frames(container, stream) -> Optional[float]:
-    """Frames the header promises: the video stream's duration, else (single-stream files only)
-    the container's duration, times the frame rate. None when the header says nothing usable."""
-    fps = _stream_rate(stream)
-    if not fps:
-        return None
+def _declared_seconds(container, stream) -> Optional[float]:
+    """The video stream's duration, else (single-stream files only) the container's; None when
+    the header says nothing usable."""
     if stream.duration is not None and stream.time_base is not None:
         seconds = float(stream.duration * stream.time_base)
     elif container.duration is not None and len(container.streams) == 1:
         seconds = container.duration / av.time_base
     else:
         return None
-    return seconds * fps if seconds > 0 else None
+    return seconds if seconds > 0 else None
+
+
+def _declared_num_frames(container, stream) -> Optional[float]:
+    """Frames the header promises: its duration (`_declared_seconds`) times the frame rate."""
+    fps = _stream_rate(stream)
+    seconds = _declared_seconds(container, stream)
+    return seconds * fps if fps and seconds else None
 
 
 def _read_container(path: str) -> np.ndarray:
     frames = []
+    times = []  # presentation times (s) of the decoded frames, where the container gives them
     with _open_container(path) as container:
         stream = _first_video_stream(container, path)
         try:
             for frame in container.decode(stream):
+                if frame.time is not None:
+                    times.append(frame.time)
                 try:
                     frames.append(_frame_to_gray(frame))
                 except (ValueError, av.FFmpegError) as e:
@@ -175,13 +185,17 @@ def _read_container(path: str) -> np.ndarray:
                         f"{path}: frame {len(frames)} (pixel format {frame.format.name}) cannot be "
                         f"converted to grayscale: {e}"
                     ) from e
-        except av.FFmpegError as e:
+        except (av.FFmpegError, UnicodeDecodeError) as e:
             raise VideoReadError(
                 f"{path}: corrupt or truncated: decoding failed after {len(frames)} frames: {e}"
             ) from e
         if not frames:
             raise VideoReadError(f"{path}: zero frames decoded")
         declared = _declared_num_frames(container, stream)
+        if declared is not None and len(frames) < _MIN_DECODED_FRACTION * declared - 1 and _covers_declared_time(
+            container, stream, times
+        ):
+            declared = None  # a variable frame rate: fewer frames than duration x rate, but no gap at the end
     if declared is not None and len(frames) < _MIN_DECODED_FRACTION * declared - 1:
         raise VideoReadError(
             f"{path}: truncated: the header declares about {declared:.0f} frames, only "
@@ -191,6 +205,17 @@ def _read_container(path: str) -> np.ndarray:
     if len(sizes) > 1:
         raise VideoReadError(f"{path}: the frame size changes inside the video: {sorted(sizes)}")
     return np.stack(frames)
+
+
+def _covers_declared_time(container, stream, times) -> bool:
+    """Whether the decoded frames' timestamps span the declared duration (as far as the frame
+    count check allows, measured from the first decoded frame): true for a variable-frame-rate
+    file, false for a truncated one (for a constant rate, the same rule as the count check)."""
+    seconds, fps = _declared_seconds(container, stream), _stream_rate(stream)
+    if not seconds or not fps or len(times) < 2:
+        return False
+    covered = max(times) - min(times) + 1.0 / fps
+    return covered >= _MIN_DECODED_FRACTION * seconds - 1.0 / fps
 
 
 # Planar formats whose first plane is the luma: their gray picture is that plane through FFmpeg's
@@ -230,10 +255,13 @@ def _luma_to_gray_table(format_name: str, color_range: int) -> np.ndarray:
 
 def _read_npy(path: str) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        # memory-mapped first: a header that promises more data than the file holds is refused
+        # here instead of allocating what it promises
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise VideoReadError(f"{path}: not a readable .npy array (corrupt or truncated): {e}") from e
-    return _to_gray_uint8(array, path)
+    _check_frame_shape(array.shape, path)
+    return _to_gray_uint8(np.array(array), path)  # read into memory (not a view of the file)
 
 
 def _read_kaldi(spec: str) -> np.ndarray:
@@ -263,6 +291,8 @@ def _read_kaldi(spec: str) -> np.ndarray:
 
 def _check_frame_shape(shape: Tuple[int, ...], path: str) -> None:
     if len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3)):
+        if shape[1] == 0 or shape[2] == 0:
+            raise VideoReadError(f"{path}: frames of size {shape[1]}x{shape[2]}: no pixels")
         return
     raise VideoReadError(
         f"{path}: array of shape {tuple(shape)} is not grayscale-convertible video; "
@@ -368,9 +398,12 @@ class VideoScpReader(collections.abc.Mapping):
         self.scp_path = os.fspath(scp_path)
         self._specs: Dict[str, str] = {}
         try:
-            with open(self.scp_path, encoding="utf-8") as f:
-                for line_number, line in enumerate(f, 1):
-                    line = line.strip()
+            with open(self.scp_path, "rb") as f:  # bytes: a line that is not UTF-8 is named
+                for line_number, raw in enumerate(f.read().splitlines(), 1):
+                    try:
+                        line = raw.decode("utf-8").strip()
+                    except UnicodeDecodeError as e:
+                        raise ValueError(f"{self.scp_path}:{line_number}: not UTF-8 text ({e})") from None
                     if not line:
                         continue
                     parts = line.split(maxsplit=1)

@@ -10,6 +10,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
+from espnet_omni_avsr.utils.safe_checkpoint import load_weights
 from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
 
 _PREFIXES = ("model.encoder.", "encoder.")  # WhisperForConditionalGeneration, WhisperModel
@@ -64,7 +65,7 @@ def _encoder_state_dict(model_dir: str) -> Dict[str, torch.Tensor]:
                     if prefix is not None:
                         state[key[len(prefix):]] = f.get_tensor(key)
         else:
-            for key, value in torch.load(path, map_location="cpu", weights_only=True).items():
+            for key, value in load_weights(path, what="Whisper weight file").items():
                 prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
                 if prefix is not None:
                     state[key[len(prefix):]] = value

@@ -19,7 +19,6 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.tasks.abs_task import AbsTask
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.preprocessor import AbsPreprocessor
-from espnet2.train.trainer import Trainer
 from espnet2.utils.types import str2bool
 from typeguard import typechecked
 
@@ -60,6 +59,8 @@ from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_out_norm_projector import MLPOutNormProjector
 from espnet_omni_avsr.projectors.mlp_projector import MLPProjector
+from espnet_omni_avsr.tasks.arg_checks import check_run_args
+from espnet_omni_avsr.utils.safe_training import SafeTrainer
 from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainable
 
 register_video_data_type()
@@ -285,7 +286,7 @@ class AVSRLLMTask(AbsTask):
         model_choices,
         preprocessor_choices,
     ]
-    trainer = Trainer
+    trainer = SafeTrainer  # --resume reads with weights_only (utils/safe_training.py)
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser):
@@ -382,3 +383,8 @@ class AVSRLLMTask(AbsTask):
         )
         log_trainable_summary(model)
         return model
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace):
+        check_run_args(args)  # config values, text data files, --init_param (tasks/arg_checks.py)
+        super().main_worker(args)

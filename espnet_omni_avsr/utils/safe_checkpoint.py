@@ -13,16 +13,29 @@ with a restricted unpickler:
   called; `to_plain` then turns them into plain dicts, lists and values;
 * any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``, an unknown class) is
   refused with `UnsafeCheckpointError`, before anything is called.
+
+The project's own checkpoints need no stand-ins: `load_weights` is `torch.load(weights_only=True)`
+with errors that name the file (trained weights, packed archives' model.pth, Whisper's
+pytorch_model.bin; with `TRAINER_SAFE_GLOBALS` ESPnet's resume checkpoints), and
+`check_weights_only` the same check for a file another loader reads next (ESPnet's --init_param
+loader). `utils.safe_pickle.load_array_pickle` reads plain pickles of numpy arrays (landmark files).
+Every user-given file the project or ESPnet's trainer loads goes through one of them
+(utils/safe_training.py routes the trainer's).
 """
 import _compat_pickle
 import collections
+import datetime
 import logging
 import os
 import pickle
 import types
-from typing import Any, Dict, Tuple
+import zipfile
+from typing import Any, Dict, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+
+from espnet_omni_avsr.utils.safe_pickle import NUMPY_SCALAR, UnsafePickleError
 
 #: admitted as the real objects: all they do is build tensors or plain containers
 _REAL = {
@@ -39,7 +52,7 @@ _STAND_IN_MODULES = ("omegaconf", "fairseq", "avhubert")
 _STAND_IN_GLOBALS = {("argparse", "Namespace"), ("typing", "Any"), ("collections", "defaultdict")}
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UnsafePickleError):
     """The file's pickle names a global that is neither a tensor/container builder nor a config class."""
 
 
@@ -161,3 +174,65 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, Any], str]:
     except Exception as e:
         raise ValueError(f"{path} is not a readable torch checkpoint file: {type(e).__name__}: {e}") from e
     return to_plain(contents), "restricted"
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights-only loading of the project's own checkpoints (trained weights, resume checkpoints,
+# --init_param files, packed archives' model.pth, Whisper's pytorch_model.bin)
+
+#: globals of a resume checkpoint of ESPnet's trainer besides tensors and containers: its
+#: reporter's statistics hold numpy scalars and the epochs' durations. All three only build values.
+TRAINER_SAFE_GLOBALS = (
+    NUMPY_SCALAR,
+    (NUMPY_SCALAR, "numpy.core.multiarray.scalar"),  # as numpy < 2 named it
+    np.dtype,
+    *sorted({type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"}, key=str),  # Float64DType, ...: their state
+    datetime.timedelta,
+)
+
+
+def _weights_only_reason(e: Exception) -> str:
+    """torch's refusal, without its advice on how to load the file anyway."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        text = text.split(" Please use", 1)[0]
+    text = " ".join(text.split())
+    return text[:300] if text else type(e).__name__
+
+
+def load_weights(path: Union[str, os.PathLike], what: str = "checkpoint", map_location: Any = "cpu",
+                 safe_globals: Sequence = (), mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)`, with errors that name the file.
+
+    `what` says what the file is ("resume checkpoint", "--init_param file", ...) for the messages;
+    `safe_globals` admits a few more value-building globals (e.g. TRAINER_SAFE_GLOBALS).
+    Raises FileNotFoundError; UnsafeCheckpointError when the pickle names anything but tensors,
+    containers and `safe_globals` (nothing of it has run then); ValueError for a file that is
+    not a torch checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to load this {what}: torch.load(weights_only=True) rejected it "
+            f"({_weights_only_reason(e)}). Only tensors and plain containers are read, since anything "
+            "else a pickle names could run code when loaded. If you trust the file's source, load it "
+            "yourself and re-save its plain state dict."
+        ) from None
+    except Exception as e:  # not a torch file: RuntimeError, EOFError, KeyError (random bytes), ...
+        if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+            raise
+        raise ValueError(f"{path}: this {what} is not a readable torch checkpoint: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from None
+
+
+def check_weights_only(path: Union[str, os.PathLike], what: str = "checkpoint", safe_globals: Sequence = ()) -> None:
+    """Raise as `load_weights` does unless `path` loads with weights_only; cheap for zip-format
+    files (the tensors are memory-mapped, not read). For a file that another loader reads next."""
+    load_weights(path, what, safe_globals=safe_globals, mmap=zipfile.is_zipfile(os.fspath(path)))

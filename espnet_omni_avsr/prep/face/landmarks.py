@@ -10,7 +10,8 @@ of NaN.
   transform is estimated, so that detector jitter does not shake the crop.
 - :func:`load_landmarks`: precomputed tracks, as ``.npy`` (T, 68, 2) with NaN rows for missing
   frames, or ``.pkl`` holding a list with one (68, 2) array or None per frame (the layout of the
-  landmark files published for LRS3 by earlier lip-reading work).
+  landmark files published for LRS3 by earlier lip-reading work), read by a restricted unpickler
+  that admits numpy arrays and plain containers only.
 """
 import os
 import pickle
@@ -19,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from espnet_omni_avsr.prep.errors import ItemError
+from espnet_omni_avsr.utils.safe_pickle import load_array_pickle
 
 
 def detected(track: np.ndarray) -> np.ndarray:
@@ -59,19 +61,38 @@ def load_landmarks(path: str, num_frames: Optional[int] = None) -> np.ndarray:
     file when it cannot be read, has the wrong shape, or a frame count other than ``num_frames``."""
     try:
         if path.endswith(".npy"):
-            track = np.load(path).astype(np.float64)
+            # memory-mapped first: a header promising more than the file holds is refused, not allocated
+            track = np.load(path, mmap_mode="r")
+            _check_coordinates(track)
+            if track.ndim != 3 or track.shape[1:] != (68, 2):
+                raise ItemError(f"landmark file {path}: expected shape (T, 68, 2), got {track.shape}")
+            track = np.array(track, dtype=np.float64)
         else:
-            with open(path, "rb") as f:
-                frames = pickle.load(f)  # the user's own landmark files
-            track = np.stack([np.full((68, 2), np.nan) if f is None else np.asarray(f, np.float64).reshape(68, 2)
-                              for f in frames])
+            frames = load_array_pickle(path)  # arrays and None only: a pickle naming code is refused
+            if isinstance(frames, np.ndarray) and frames.ndim == 3:  # one (T, 68, 2) array
+                frames = list(frames)
+            if not isinstance(frames, (list, tuple)):
+                raise ValueError(f"expected a list of (68, 2) arrays or None per frame, got {type(frames).__name__}")
+            arrays = [None if f is None else np.asarray(f) for f in frames]
+            for a in arrays:
+                if a is not None:
+                    _check_coordinates(a)
+            track = np.stack([np.full((68, 2), np.nan) if a is None else a.astype(np.float64).reshape(68, 2)
+                              for a in arrays]) if arrays else np.zeros((0, 68, 2))
     except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError) as e:
         raise ItemError(f"landmark file {path} cannot be read: {e}") from None
     if track.ndim != 3 or track.shape[1:] != (68, 2):
         raise ItemError(f"landmark file {path}: expected shape (T, 68, 2), got {track.shape}")
+    if len(track) == 0:
+        raise ItemError(f"landmark file {path}: no frames")
     if num_frames is not None and len(track) != num_frames:
         raise ItemError(f"landmark file {path} has {len(track)} frames, the video {num_frames}")
     return track
+
+
+def _check_coordinates(array: np.ndarray) -> None:
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"landmarks must be real coordinates, got dtype {array.dtype}")
 
 
 def find_landmark_file(landmarks_dir: str, video_path: str, uid: str) -> str:
