@@ -76,6 +76,9 @@ class AVSRLLMModel(AbsESPnetModel):
                     f"task(s) {tasks} need a {m} branch, but the config builds none "
                     f"(set {m}_frontend, {m}_compressor and {m}_projector)"
                 )
+        unknown = [t for t in tasks if t not in TASK_MODALITIES]
+        if unknown:
+            raise ValueError(f"model_conf.tasks {tasks}: {unknown} are not tasks; choose from {sorted(TASK_MODALITIES)}")
         streams = {t: self.task_streams(t) for t in tasks}
         if fused is not None and not any(FUSED in s for s in streams.values()):
             raise ValueError(f"a fusion is set, but none of the tasks {tasks} reads both {list(fused.inputs)}")
