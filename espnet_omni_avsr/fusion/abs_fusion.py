@@ -14,6 +14,8 @@ from typing import Tuple
 
 import torch
 
+from espnet_omni_avsr.utils.masks import valid_mask
+
 INPUTS = ("audio", "video")  # the modalities a fusion reads, in the order of its arguments
 
 
@@ -21,11 +23,6 @@ def check_size(name: str, what: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: {what} must be an integer >= 1, got {value!r}")
     return value
-
-
-def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """(B, T) bool: frame t of row b is one of its first lengths[b]."""
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class AudioToVideoRate(torch.nn.Module):

@@ -3,7 +3,8 @@ from typing import Tuple
 
 import torch
 
-from espnet_omni_avsr.fusion.abs_fusion import AbsFusion, AudioToVideoRate, check_size, valid_mask
+from espnet_omni_avsr.fusion.abs_fusion import AbsFusion, AudioToVideoRate, check_size
+from espnet_omni_avsr.utils.masks import valid_mask
 
 
 class CrossAttentionFusion(AbsFusion):

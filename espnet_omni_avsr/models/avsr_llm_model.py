@@ -120,7 +120,7 @@ class AVSRLLMModel(AbsESPnetModel):
     def stream_branches(self) -> Dict[str, torch.nn.Module]:
         """stream -> the branch making its tokens: the modality branches, and the fused one."""
         out: Dict[str, torch.nn.Module] = dict(self.branches)
-        if getattr(self, "fused", None) is not None:
+        if self.fused is not None:
             out[FUSED] = self.fused
         return out
 
@@ -130,7 +130,7 @@ class AVSRLLMModel(AbsESPnetModel):
         if task not in TASK_MODALITIES:
             raise ValueError(f"unknown task {task!r}: choose from {sorted(TASK_MODALITIES)}")
         mods = TASK_MODALITIES[task]
-        if getattr(self, "fused", None) is not None and set(mods) == set(self.fused.inputs):
+        if self.fused is not None and set(mods) == set(self.fused.inputs):
             return (FUSED,)
         return mods
 

@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from espnet_omni_avsr.utils.masks import valid_mask
 from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
 
 CHECKPOINT_FORMAT = "espnet_omni_avsr.speech_rate/1"
@@ -44,11 +45,6 @@ POSITIONAL = ("sinusoidal", "none")
 
 class SpeechRateCheckpointError(ValueError):
     """A file that is not a speech-rate predictor checkpoint; the message names the path."""
-
-
-def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(B,) lengths -> (B, max_len) bool, True on valid frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def cut_to_video(
@@ -74,7 +70,7 @@ def cut_to_video(
                          f"{tuple(video_lengths.shape)} must both be ({feats.size(0)},)")
     new = torch.minimum(lengths, 2 * video_lengths).clamp(min=0)
     t_out = int(new.max().item()) if new.numel() else 0
-    out = feats[:, :t_out] * lengths_mask(new, t_out)[:, :, None].to(feats.dtype)
+    out = feats[:, :t_out] * valid_mask(new, t_out)[:, :, None].to(feats.dtype)
     return out, new
 
 
@@ -172,7 +168,7 @@ class SpeechRatePredictor(torch.nn.Module):
         caches the 12.5 Hz frames calls."""
         lengths = lengths.to(device=feats.device, dtype=torch.long)
         x = self.proj(feats.to(self.proj.weight.dtype))  # (B, T, H)
-        valid = lengths_mask(lengths, x.size(1))  # (B, T)
+        valid = valid_mask(lengths, x.size(1))  # (B, T)
         if self.positional == "sinusoidal":
             x = x + _sinusoids(x.size(1), x.size(2), x.device, x.dtype)[None]
         x = x * valid[:, :, None].to(x.dtype)
