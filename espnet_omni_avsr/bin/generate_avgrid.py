@@ -1,6 +1,11 @@
 """Generate the AVGRID corpus (GRID sentences, TTS audio, rendered mouth video) in the LRS3 layout.
 
     python -m espnet_omni_avsr.bin.generate_avgrid --out_dir data/avgrid --num_utts 1000 --nj 2
+    python -m espnet_omni_avsr.bin.generate_avgrid --out_dir data/avopen --text open   # open English
+
+--text grid: the 51-word GRID grammar. --text open: plain English sentences from Debian's
+`fortunes` (espnet_omni_avsr/prep/avgrid/open_text.py: normalisation, and the sentence split that
+keeps every test sentence out of training).
 
 See espnet_omni_avsr/prep/avgrid/generate.py for the layout. Rerunning with the same settings on
 a finished corpus does nothing; an interrupted run resumes.
@@ -8,7 +13,7 @@ a finished corpus does nothing; an interrupted run resumes.
 import argparse
 import logging
 
-from espnet_omni_avsr.prep.avgrid.generate import generate
+from espnet_omni_avsr.prep.avgrid.generate import TEXT_SOURCES, generate
 from espnet_omni_avsr.utils.cli import setup_logging
 
 
@@ -22,6 +27,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--corrupt", action="store_true", help="also write a few bad items, listed in <out_dir>/corrupt.tsv"
     )
+    parser.add_argument("--text", choices=sorted(TEXT_SOURCES), default="grid",
+                        help="sentence source: the GRID grammar or open English (fortunes)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -37,6 +44,7 @@ def main(cmd=None):
         nj=args.nj,
         corrupt=args.corrupt,
         progress=not args.no_progress,
+        text=args.text,
     )
     logging.info("AVGRID corpus at %s", root)
 

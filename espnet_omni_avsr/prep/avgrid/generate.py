@@ -1,6 +1,8 @@
 """AVGRID: a generated GRID-style audio-visual corpus, written in the LRS3 release layout.
 
-Sentences follow the GRID grammar (grammar.py); speech comes from flite and espeak-ng with phone
+Sentences follow the GRID grammar (grammar.py), or with text="open" are plain English from Debian's
+`fortunes` (open_text.py: test and validation speakers say sentences never spoken in training);
+speech comes from flite and espeak-ng with phone
 timing (tts.py); a 96x96 grayscale mouth video at 25 fps follows the spoken visemes (visemes.py,
 mouth_renderer.py). Every speaker is one TTS voice with its own speaking rate, pitch, vocal-tract
 length (speed factor), loudness, channel tilt and noise floor, and one face; about two thirds of the
@@ -12,6 +14,8 @@ Layout (the same preparation code as for LRS3 applies)::
     <root>/trainval/<speaker>/<utt>.wav   16 kHz mono 16-bit PCM, duration = frames / 25 exactly
     <root>/trainval/<speaker>/<utt>.txt   "Text:  BIN BLUE AT F TWO NOW" (LRS3: two spaces), then a
                                           blank line and "WORD START END" word timings in seconds
+                                          (a word whose phones espeak-ng reports under its
+                                          neighbour, rare in open text, has no line)
     <root>/test/<speaker>/<utt>...        test speakers
     <root>/valid.id                       "trainval/<speaker>/<utt>" ids held out for validation
                                           (like LRS3's lrs3-valid.id): all utterances of the
@@ -52,6 +56,7 @@ from scipy.signal import lfilter
 from tqdm import tqdm
 
 from espnet_omni_avsr.prep.avgrid import grammar, visemes
+from espnet_omni_avsr.prep.avgrid.open_text import load_open_sentences
 from espnet_omni_avsr.prep.avgrid.mouth_renderer import Appearance, render_blank, render_mouth
 from espnet_omni_avsr.prep.avgrid.tts import (
     SAMPLE_RATE,
@@ -59,6 +64,7 @@ from espnet_omni_avsr.prep.avgrid.tts import (
     FliteEngine,
     Phone,
     Speech,
+    WordAlignmentError,
     change_speed,
 )
 
@@ -214,9 +220,16 @@ def make_items(num_utts: int, speakers: Sequence[Speaker], corrupt: bool = False
     return items
 
 
-def _synthesize(words: Sequence[str], spk: Speaker, rng: np.random.Generator) -> Speech:
+# The sentence sources (`--text`): each has sample(rng, split) -> words and tts_words(words).
+TEXT_SOURCES = {"grid": grammar.GridSentences, "open": load_open_sentences}
+# An open sentence the TTS reads as a different number of words ("ok" -> "o k") is replaced by
+# another draw from the same stream, at most this many times.
+MAX_SENTENCE_DRAWS = 20
+
+
+def _synthesize(words: Sequence[str], spk: Speaker, rng: np.random.Generator, source) -> Speech:
     jitter = float(rng.uniform(0.95, 1.05))  # a speaker never says two sentences at quite the same rate
-    tts_words = grammar.tts_words(words)
+    tts_words = source.tts_words(words)
     if spk.engine == "flite":
         speech = FliteEngine().synthesize(tts_words, spk.voice, spk.tempo * jitter, spk.pitch)
     elif spk.engine == "espeak":
@@ -227,11 +240,26 @@ def _synthesize(words: Sequence[str], spk: Speaker, rng: np.random.Generator) ->
     return change_speed(speech, spk.speed)
 
 
-def make_utterance(index: int, spk: Speaker, seed: int) -> Utterance:
-    """Synthesises and renders utterance `index` of the corpus with seed `seed` (no files written)."""
+def _sentence_and_speech(spk: Speaker, rng: np.random.Generator, text: str) -> Tuple[List[str], Speech]:
+    source = TEXT_SOURCES[text]()
+    if text == "grid":  # every GRID sentence aligns: one draw, as the corpus always had
+        words = source.sample(rng, spk.split)
+        return words, _synthesize(words, spk, rng, source)
+    problems = []
+    for _ in range(MAX_SENTENCE_DRAWS):
+        words = source.sample(rng, spk.split)
+        try:
+            return words, _synthesize(words, spk, rng, source)
+        except WordAlignmentError as exc:
+            problems.append(str(exc))
+    raise WordAlignmentError(f"no sentence of {MAX_SENTENCE_DRAWS} draws aligned for {spk.name}: {problems[-1]}")
+
+
+def make_utterance(index: int, spk: Speaker, seed: int, text: str = "grid") -> Utterance:
+    """Synthesises and renders utterance `index` of the corpus with seed `seed` (no files written);
+    `text` names the sentence source (TEXT_SOURCES)."""
     rng = np.random.default_rng([seed, 1, index])
-    words = grammar.sample_sentence(rng)
-    speech = _synthesize(words, spk, rng)
+    words, speech = _sentence_and_speech(spk, rng, text)
 
     # channel: tilt, level, silence around the sentence, noise floor; length = whole video frames
     audio = lfilter([1.0, -spk.tilt], [1.0], speech.audio).astype(np.float32)
@@ -348,11 +376,11 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def write_item(root: Path, item: Item, seed: int) -> Tuple[str, int]:
+def write_item(root: Path, item: Item, seed: int, text: str = "grid") -> Tuple[str, int]:
     """Writes one item's files under root (skipping a complete one); returns (uid, num_frames)."""
     if all((root / f).exists() for f in item.files()):
         return item.uid, -1
-    utt = make_utterance(item.index, item.speaker, seed)
+    utt = make_utterance(item.index, item.speaker, seed, text)
     frames, words = utt.frames, utt.words
     if item.kind == "blank_frames":
         frames = frames.copy()
@@ -387,8 +415,8 @@ def _write_star(args) -> Tuple[str, int]:
     return write_item(*args)
 
 
-def _settings(num_utts: int, num_speakers: int, seed: int, corrupt: bool) -> Dict:
-    return {
+def _settings(num_utts: int, num_speakers: int, seed: int, corrupt: bool, text: str) -> Dict:
+    settings = {
         "corpus": "avgrid",
         "format_version": FORMAT_VERSION,
         "num_utts": num_utts,
@@ -396,6 +424,9 @@ def _settings(num_utts: int, num_speakers: int, seed: int, corrupt: bool) -> Dic
         "seed": seed,
         "corrupt": corrupt,
     }
+    if text != "grid":  # GRID corpora written before the option keep their .done
+        settings["text"] = text
+    return settings
 
 
 def _write_tables(root: Path, speakers: Sequence[Speaker], items: Sequence[Item]) -> None:
@@ -418,6 +449,7 @@ def generate(
     nj: int = 2,
     corrupt: bool = False,
     progress: bool = True,
+    text: str = "grid",
 ) -> Path:
     """Writes the corpus to out_dir (see the module docstring); returns its path.
 
@@ -429,8 +461,11 @@ def generate(
         raise ValueError(f"need num_utts >= 1 and num_speakers >= 1, got {num_utts}, {num_speakers}")
     if nj < 1:
         raise ValueError(f"nj must be >= 1, got {nj}")
+    if text not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {text!r}; choose from {sorted(TEXT_SOURCES)}")
+    TEXT_SOURCES[text]()  # a missing text source fails here, before any worker starts
     root = Path(out_dir)
-    settings = _settings(num_utts, num_speakers, seed, corrupt)
+    settings = _settings(num_utts, num_speakers, seed, corrupt, text)
     settings_text = json.dumps(settings, sort_keys=True) + "\n"
     if root.exists():
         done = root / ".done"
@@ -455,8 +490,8 @@ def generate(
 
     speakers = make_speakers(num_speakers, seed)
     items = make_items(num_utts, speakers, corrupt)
-    jobs = [(staging, it, seed) for it in items]
-    bar = tqdm(total=len(jobs), desc="avgrid", unit="utt", disable=not progress)
+    jobs = [(staging, it, seed, text) for it in items]
+    bar = tqdm(total=len(jobs), desc="avgrid" if text == "grid" else f"avgrid ({text} text)", unit="utt", disable=not progress)
     if nj == 1:
         for job in jobs:
             _write_star(job)

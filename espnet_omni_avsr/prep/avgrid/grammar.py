@@ -40,3 +40,13 @@ def tts_words(words: Sequence[str]) -> List[str]:
 
 def tts_text(words: Sequence[str]) -> str:
     return " ".join(tts_words(words))
+
+
+class GridSentences:
+    """The GRID grammar as a sentence source of the generator (see open_text.OpenSentences)."""
+
+    @staticmethod
+    def sample(rng: np.random.Generator, split: str) -> List[str]:
+        return sample_sentence(rng)  # every split draws from the whole grammar, as in GRID
+
+    tts_words = staticmethod(tts_words)

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16000
 
 
+class WordAlignmentError(RuntimeError):
+    """The engine read the text as a different number of words than it was given."""
+
+
 @dataclass(frozen=True)
 class Phone:
     """One phone: engine-specific name (`alphabet` of its `Speech`), times in seconds, word index or -1."""
@@ -203,7 +207,7 @@ class _FliteLibrary:
         while item:
             name = lib.item_feat_string(item, b"name").decode()
             end = float(lib.item_feat_float(item, b"end"))
-            word = lib.ffeature_string(item, b"R:SylStructure.parent.parent.name").decode()
+            word = lib.ffeature_string(item, b"R:SylStructure.parent.parent.R:Token.parent.name").decode()
             segments.append((name, end, word))
             item = lib.item_next(item)
         lib.delete_utterance(utt)
@@ -420,12 +424,12 @@ class FliteEngine:
             if name == "pau":
                 w = -1
             else:
-                if word_name != prev_word_name:  # adjacent GRID words always differ
+                if word_name != prev_word_name:  # text sources never repeat a word back to back
                     word += 1
                 prev_word_name = word_name
                 w = word
             phones.append(Phone(name, start, end, w))
             start = end
         if word + 1 != len(words):
-            raise RuntimeError(f"flite returned {word + 1} words for {len(words)}: {' '.join(words)!r}")
+            raise WordAlignmentError(f"flite returned {word + 1} words for {len(words)}: {' '.join(words)!r}")
         return Speech(audio, _clip_phones(phones, len(audio) / SAMPLE_RATE), "arpabet")
