@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Transcribe face videos with their sound: raw media in, one transcript per input out.
+"""Transcribe face videos with their sound, or audio recordings: raw media in, one transcript per input out.
 
     python -m espnet_omni_avsr.bin.transcribe --model exp/<tag>/packed/<tag>.tar INPUT... \
         [--output_dir DIR] [--task asr|vsr|avsr] [--rates a16v5|auto] [--token_budget T] [--batch_size 8] \
         [--beam_size 1] [--length_penalty 1.0] [--max_new_tokens N] [--device auto|cpu|cuda[:N]] \
         [--save_crops] [--face_backend mediapipe|dlib] [--max_segment_seconds S]
 
-INPUT: a media file (.mp4, .mkv, .avi, .webm, .mov, ... at any frame rate and size), a folder
-(its media files, recursively, in sorted order) or a list file (.txt, .lst, .list, .scp: one path
-a line, relative paths relative to the list's folder, # comments). --model: a packed archive
+INPUT: a media file (a video: .mp4, .mkv, .avi, .webm, .mov, ... at any frame rate and size; or an
+audio file: .wav, .flac, .mp3, .ogg, .m4a at any sample rate and channel count), a folder (its media
+files, recursively, in sorted order) or a list file (.txt, .lst, .list, .scp: one path a line,
+relative paths relative to the list's folder, # comments). --model: a packed archive
 (pack_model) or a directory with config.yaml and weights (a training exp dir).
 
 Per input: 16 kHz mono audio and the recipes' face pipeline (landmarks, mean-face alignment, 96x96
 mouth crops at 25 fps; espnet_omni_avsr/inference/media.py), the task from what is there (AVSR
 with a face and sound, ASR when no face is found, VSR for a silent video; --task forces one;
-espnet_omni_avsr/inference/transcriber.py), clips longer than the model's input limit cut at pauses
-(espnet_omni_avsr/inference/segments.py), batched deterministic decoding (greedy or beam search;
-max_new_tokens from each segment's duration unless given: espnet_omni_avsr/recognizer.py).
+espnet_omni_avsr/inference/transcriber.py). An audio file is resampled to 16 kHz mono the same way
+and decoded as ASR without the face pipeline (a forced --task vsr or avsr fails that input, named,
+and the others go on). Clips longer than the model's input limit are cut at pauses
+(espnet_omni_avsr/inference/segments.py); decoding is batched and deterministic (greedy or beam
+search; max_new_tokens from each segment's duration unless given: espnet_omni_avsr/recognizer.py).
 
 Conditions (elastic inference; espnet_omni_avsr/inference/rate_choice.py): --rates a16v5 forces
 one (default: the first trained). --token_budget T picks, for each task, among its trained
@@ -50,7 +53,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from espnet_omni_avsr.inference.media import MEDIA_EXTS
+from espnet_omni_avsr.inference.media import INPUT_EXTS, is_audio_file
 from espnet_omni_avsr.inference.rate_choice import NoConditionFits, RateChooser
 from espnet_omni_avsr.inference.transcriber import DEFAULT_CUT_SEARCH_SECONDS, Transcriber
 from espnet_omni_avsr.names import TASK_MODALITIES, parse_conditions
@@ -61,7 +64,8 @@ LIST_EXTS = (".txt", ".lst", ".list", ".scp")
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="media files, folders of them, or list files")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="video or audio files, folders of them, or list files")
     p.add_argument("--model", required=True, help="packed model archive (.tar/.tar.gz) or exp dir with config.yaml")
     p.add_argument("--output_dir", default=None, help="write <name>.json per input (and crops/ with --save_crops)")
     p.add_argument("--task", choices=sorted(TASK_MODALITIES), default=None,
@@ -102,13 +106,13 @@ def parse_rates(text: Optional[str]) -> Dict[str, int]:
 
 
 def expand_inputs(inputs: List[str]) -> List[str]:
-    """Media files, folders (their media files, recursively, sorted) and list files -> paths. A folder
-    without media files is kept as it is (it then fails, named)."""
+    """Media files, folders (their video and audio files, recursively, sorted) and list files -> paths.
+    A folder without media files is kept as it is (it then fails, named)."""
     out = []
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(os.path.join(root, f) for root, _, files in os.walk(item) for f in files
-                           if os.path.splitext(f)[1].lower() in MEDIA_EXTS)
+                           if os.path.splitext(f)[1].lower() in INPUT_EXTS)
             out += found or [item]
         elif os.path.isfile(item) and os.path.splitext(item)[1].lower() in LIST_EXTS:
             base = os.path.dirname(item)
@@ -208,6 +212,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, stdout) -> 
         crops_dir = os.path.join(args.output_dir, "crops") if args.output_dir else "crops"
         needs_video = "video" in (TASK_MODALITIES[args.task] if args.task else
                                   [m for t in rec.trained_tasks for m in TASK_MODALITIES[t]])
+        needs_video = needs_video and not all(is_audio_file(p) for p in paths)  # audio files: no face pipeline
         face_prep = build_face_prep(args.face_backend, face_conf, rec.fps, crops_dir) if needs_video else None
         transcriber = Transcriber(rec, face_prep, task=args.task, batch_size=args.batch_size,
                                   max_segment_seconds=args.max_segment_seconds,

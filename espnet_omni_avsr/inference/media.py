@@ -1,5 +1,11 @@
-"""One raw input (a face video with its sound) -> what the model reads: 16 kHz mono audio and
-96 x 96 gray mouth crops at 25 fps, with the reason for each stream that is missing.
+"""One raw input (a face video with its sound, or an audio recording) -> what the model reads: 16 kHz
+mono audio and 96 x 96 gray mouth crops at 25 fps, with the reason for each stream that is missing.
+
+An input is a video (``MEDIA_EXTS``: .mp4, .mkv, ...) or an audio file (``AUDIO_EXTS``: .wav, .flac,
+.mp3, .ogg, .m4a, at any sample rate and channel count). An audio file is read for its sound only:
+its audio goes through the same steps as a video's, and no video is looked for (the face pipeline
+does not run, even on a cover picture FFmpeg shows as a video stream); its video is missing, so
+the task choice makes it an ASR input (transcriber.py).
 
 The steps are the recipes' data preparation, called here on one file:
 
@@ -17,10 +23,10 @@ The steps are the recipes' data preparation, called here on one file:
 
 What makes an input fail (:class:`~espnet_omni_avsr.prep.errors.ItemError`, the message names
 the file): it is missing or not a media file FFmpeg opens, it has neither an audio nor a video
-stream, a stream it has does not decode (corrupt), the streams decode to less than 90 % of the
+stream (an audio file: no audio stream), a stream it has does not decode (corrupt), the streams decode to less than 90 % of the
 duration its header declares (truncated), or its video stream declares a frame rate of 0 (no frame rate: its frames cannot be timed). What only makes a stream *missing* (the
 task choice then decides, see transcriber.py): no audio stream, an all-zero (digitally silent)
-audio track, no video stream, no face in any frame (or in fewer than ``min_face_fraction`` of
+audio track, no video stream (always so for an audio file), no face in any frame (or in fewer than ``min_face_fraction`` of
 them), a video shorter than the face mode's ``min_frames``.
 """
 import os
@@ -39,6 +45,18 @@ from espnet_omni_avsr.prep.sharding import WorkItem
 NOT_READ = "not read (the task does not use it)"
 MAX_CACHED_BYTES = 512 * 2 ** 20  # 25-fps RGB frames kept between the landmark and crop passes
 MEDIA_EXTS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".3gp", ".wmv")
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a")  # read for their sound only
+INPUT_EXTS = MEDIA_EXTS + AUDIO_EXTS
+
+
+def is_audio_file(path: str) -> bool:
+    """An audio recording by its extension (``AUDIO_EXTS``, any case): read without video."""
+    return os.path.splitext(path)[1].lower() in AUDIO_EXTS
+
+
+def no_video_reason(path: str) -> str:
+    """Why an audio file has no video (its ``missing["video"]``)."""
+    return f"{path} is an audio file ({os.path.splitext(path)[1].lower()}): it has no video"
 
 
 @dataclass
@@ -210,7 +228,7 @@ def _ranges(mask: np.ndarray, limit: int = 20) -> List[List[int]]:
 def load_media(path: str, face_prep: Optional[FaceVideoPrep], modalities: Sequence[str] = ("audio", "video"),
                sample_rate: int = 16000, fps: Optional[float] = None) -> MediaInput:
     """Read the streams of ``modalities`` from ``path`` (module docstring for what fails and what is
-    only missing). ``face_prep`` gives the face mode (its fps and size); it may be None when video
+    only missing; an audio file is read without video). ``face_prep`` gives the face mode (its fps and size); it may be None when video
     is not wanted. ``fps``: the model's frame rate (default: the face mode's, else 25)."""
     start = time.perf_counter()
     info = probe(path)
@@ -220,10 +238,13 @@ def load_media(path: str, face_prep: Optional[FaceVideoPrep], modalities: Sequen
         raise ValueError(f"the face mode makes {face_prep.fps:g} fps crops, the model reads {fps:g} fps")
     media = MediaInput(path, sample_rate, fps)
     media.timing["probe"] = time.perf_counter() - start
-    if info.has_video:
+    audio_file = is_audio_file(path)
+    if info.has_video and not audio_file:
         media.info["video"] = {"source_fps": info.video_fps, "width": info.width, "height": info.height}
     if "video" in modalities:
-        if not info.has_video:
+        if audio_file:
+            media.missing["video"] = no_video_reason(path)
+        elif not info.has_video:
             media.missing["video"] = f"{path} has no video stream"
         elif info.video_fps is None:
             raise ItemError(f"{path}: the video stream's frame rate is 0 (it declares none): its frames cannot be timed")

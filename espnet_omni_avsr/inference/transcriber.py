@@ -9,7 +9,9 @@ task that reads the most of the available streams is used instead (ties: the mod
 with a warning in the record (an ASR-only model given a face video transcribes its audio); when
 no trained task can be served, the input fails, naming what is missing. A forced task (``--task``)
 must be one the model was trained for (otherwise the command stops before reading any input), and
-an input without a stream it reads fails.
+an input without a stream it reads fails. An audio file (.wav, .flac, .mp3, .ogg, .m4a; media.py)
+has no video: it is an ASR input, and a forced VSR or AVSR fails it before it is read (the
+others go on).
 
 Batching: inputs are prepared one after the other and their segments collected until there are
 ``batch_size`` of them (or the inputs end); the segments are then decoded in batches of
@@ -24,13 +26,14 @@ names the condition, the rule that chose it and the estimated SNR of the audio t
 """
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from espnet_omni_avsr.inference.media import NOT_READ, MediaInput, load_media
+from espnet_omni_avsr.inference.media import NOT_READ, MediaInput, is_audio_file, load_media, no_video_reason
 from espnet_omni_avsr.inference.rate_choice import NoConditionFits
 from espnet_omni_avsr.inference.segments import Segment, audio_energy, cut_segments, join_texts, motion_energy
 from espnet_omni_avsr.inference.snr import estimate_snr
@@ -154,6 +157,10 @@ class Transcriber:
     # ---------------------------------------------------------------------------------------------
     def prepare(self, index: int, path: str) -> Prepared:
         """Streams, task, segments of one input; ItemError (naming it) when it cannot be decoded."""
+        if self.task is not None and "video" in TASK_MODALITIES[self.task] and is_audio_file(path) \
+                and os.path.isfile(path):
+            raise ItemError(f"--task {self.task} needs video: {no_video_reason(path)}; audio files are asr "
+                            "inputs (no --task, or --task asr)")
         media = load_media(path, self.face_prep, self.modalities, self.sample_rate, self.fps)
         task, warnings = choose_task(media.available, self.trained, self.task, media.missing)
         mods = TASK_MODALITIES[task]

@@ -51,21 +51,31 @@ def load_pocketsphinx_testdata(data_dir: str | Path | None = None) -> list[Utter
             f"Install it with: {POCKETSPHINX_INSTALL}"
         )
     utterances = []
-    transcripts = sorted(p for p in data_dir.rglob("*") if p.is_file() and
-                         (p.name == "transcription" or p.suffix == ".transcription"))
-    for transcript in transcripts:
+    for transcript in transcription_files(data_dir):
         for line in transcript.read_text().splitlines():
-            match = _TRANSCRIPT_LINE.match(line)
-            if not match:
+            parsed = parse_transcript_line(line)
+            if parsed is None:
                 continue
-            wav = transcript.parent / f"{match['utt']}.wav"
+            wav = transcript.parent / f"{parsed[0]}.wav"
             if wav.is_file():
-                utterances.append(Utterance(match["utt"], wav, " ".join(match["text"].split())))
+                utterances.append(Utterance(parsed[0], wav, parsed[1]))
     if not utterances:
         raise MissingDependencyError(
             f"No transcribed wav recordings under {data_dir}. Install them with: {POCKETSPHINX_INSTALL}"
         )
     return sorted(utterances, key=lambda u: str(u.wav_path))
+
+
+def transcription_files(data_dir: str | Path) -> list[Path]:
+    """The transcript files under ``data_dir`` (``transcription`` or ``*.transcription``), sorted."""
+    return sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and
+                  (p.name == "transcription" or p.suffix == ".transcription"))
+
+
+def parse_transcript_line(line: str) -> tuple[str, str] | None:
+    """``<s> words </s> (utt_id)`` -> (utt_id, words with single spaces); None for any other line."""
+    match = _TRANSCRIPT_LINE.match(line)
+    return (match["utt"], " ".join(match["text"].split())) if match else None
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -82,7 +92,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen " \
         "sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
+TITLE_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
 
 
 def number_to_words(n: int) -> str:
@@ -98,13 +108,18 @@ def number_to_words(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def spell_numbers(text: str) -> str:
+    """Integers (with thousands commas, under 10 digits) in English words: "1,250 words" ->
+    " one thousand two hundred fifty  words"; the rest of the text as it is."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    return re.sub(r"\d+", lambda m: f" {number_to_words(int(m.group()))} " if len(m.group()) < 10 else m.group(), text)
+
+
 def normalize_text(text: str) -> str:
     """Lower case, spell out integers and a few title abbreviations, drop punctuation (keep apostrophes)."""
-    text = text.lower().replace("-", " ")
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
-    text = re.sub(r"\d+", lambda m: f" {number_to_words(int(m.group()))} " if len(m.group()) < 10 else m.group(), text)
+    text = spell_numbers(text.lower().replace("-", " "))
     text = re.sub(r"[^a-z0-9' ]+", " ", text)
-    words = [_ABBREVIATIONS.get(w, w) for w in text.split()]
+    words = [TITLE_ABBREVIATIONS.get(w, w) for w in text.split()]
     return " ".join(w.strip("'") for w in words if w.strip("'"))
 
 

@@ -210,3 +210,34 @@ class MeanFaceLandmarker(AbsFaceLandmarker):
             else:
                 rows.append((mean_face - 128.0) * (min(h, w) / 256.0) + (w / 2.0, h / 2.0))
         return np.array(rows, dtype=np.float64).reshape(len(rows), 68, 2)
+
+
+AUDIO_CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".mp3": "libmp3lame", ".ogg": "libopus", ".m4a": "aac"}
+LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 6: "5.1"}
+
+
+def write_audio(path: str, audio: np.ndarray, rate: int, codec: Optional[str] = None) -> None:
+    """(N, C) float audio in [-1, 1] at ``rate`` -> an audio file (the codec from the extension:
+    AUDIO_CODECS) with C channels."""
+    import os
+
+    import av
+
+    audio = np.asarray(audio, np.float32)
+    codec = codec or AUDIO_CODECS[os.path.splitext(path)[1].lower()]
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = LAYOUTS[audio.shape[1]]
+        fmt = stream.codec_context.codec.audio_formats[0].name
+        step = stream.codec_context.frame_size or 1024
+        for start in range(0, len(audio), step):
+            chunk = audio[start:start + step]
+            if fmt.startswith(("s16", "s32")):
+                bits = 16 if fmt.startswith("s16") else 32
+                scale = 2.0 ** (bits - 1)
+                chunk = np.clip(np.round(chunk * (scale - 1)), -scale, scale - 1).astype(f"int{bits}")
+            chunk = chunk.T if fmt.endswith("p") else chunk.reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format=fmt, layout=stream.layout.name)
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
