@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from espnet_omni_avsr.utils.spelling import number_to_words
 import torch
 
 from espnet_omni_avsr.pretrained.package_files import MissingDependencyError
@@ -89,23 +91,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return audio.reshape(-1, channels).mean(axis=1), rate
 
 
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen " \
-        "sixteen seventeen eighteen nineteen".split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 TITLE_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
-
-
-def number_to_words(n: int) -> str:
-    """0 <= n < 10**9 in English words (no "and"): 42 -> "forty two"."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for size, word in ((10**6, "million"), (1000, "thousand"), (100, "hundred")):
-        if n >= size:
-            rest = "" if n % size == 0 else " " + number_to_words(n % size)
-            return f"{number_to_words(n // size)} {word}{rest}"
-    raise AssertionError("unreachable")
 
 
 def spell_numbers(text: str) -> str:

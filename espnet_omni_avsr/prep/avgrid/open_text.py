@@ -29,6 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from espnet_omni_avsr.scoring.sclite import normalize_text
+from espnet_omni_avsr.utils.spelling import number_to_words
 
 DEFAULT_FORTUNES_DIR = "/usr/share/games/fortunes"
 # Prose files of Debian's `fortunes`; left out: ASCII art, program code, shell and Perl jokes,
@@ -45,30 +46,8 @@ _ABBREVIATIONS = {"Mr.": "mister", "Mrs.": "missus", "Dr.": "doctor", "MR.": "mi
 _WORD = re.compile(r"^[a-z]+(?:'[a-z]+)*$")
 _SINGLE_LETTERS = {"a", "i", "o"}
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
 class TextSourceError(RuntimeError):
     """The text source is missing or yields no usable sentence."""
-
-
-def number_to_words(n: int) -> str:
-    """0 <= n < 1,000,000 -> "one thousand sixty six" (no "and", as in US read speech)."""
-    if not 0 <= n < 1_000_000:
-        raise ValueError(f"number out of range: {n}")
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " " + number_to_words(rest))
-    rest = n % 1000
-    return number_to_words(n // 1000) + " thousand" + ("" if rest == 0 else " " + number_to_words(rest))
 
 
 def _spell_numbers(text: str) -> Optional[str]:
