@@ -33,7 +33,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_jiwer_fallback", action="store_true",
                    help="score with jiwer alone when sclite is not installed (otherwise an error)")
     p.add_argument("--wer_tolerance", type=float, default=0.05,
-                   help="largest allowed |WER_sclite - WER_jiwer| in percentage points")
+                   help="largest allowed difference between sclite's printed WER and its exact count, in points")
     add_log_level(p)
     return p
 

@@ -8,6 +8,7 @@ from espnet_omni_avsr.scoring.sclite import (
     find_sclite,
     normalize_text,
     parse_sclite_result,
+    sclite_agrees,
     score,
     trn_line,
 )
@@ -78,6 +79,28 @@ def test_known_example_sclite_and_jiwer(data):
     assert hyp_trn[2] == "don't stop now\t(spk2-spk2-u3)"
     assert json.loads((dec / "score_wer" / "summary.json").read_text())["wer"] == s["wer"]
     assert "Sum/Avg" in (dec / "score_wer" / "result.txt").read_text()
+
+
+@needs_sclite
+def test_sclite_may_count_more_edits_than_jiwer(tmp_path, caplog):
+    """sclite's weighted alignment (sub 4, ins/del 3) takes 11 edits here where 10 suffice (a
+    hypothesis of the open-English recipe at -5 dB): scored with sclite's count and a warning."""
+    ref = {"spk1-u1": "ours is a world of nuclear giants and ethical infants"}
+    hyp = {"spk1-u1": "i am a stranger who is a lover of the world"}
+    s = score(_write(tmp_path / "ref", ref), _write(tmp_path / "hyp", hyp), tmp_path / "out")
+    assert s["counts"]["err"] == 11 and s["jiwer_wer"] == pytest.approx(100.0)
+    assert s["wer"] == pytest.approx(110.0)
+    assert "weighted alignment" in caplog.text
+
+
+def test_sclite_agrees_rule():
+    def c(sub, dele, ins):
+        return {"sub": sub, "del": dele, "ins": ins, "err": sub + dele + ins}
+
+    assert sclite_agrees(c(1, 1, 1), c(1, 1, 1))
+    assert sclite_agrees(c(2, 3, 6), c(10, 0, 0))  # 11 edits at cost 35 vs 10 edits at cost 40
+    assert not sclite_agrees(c(9, 0, 0), c(10, 0, 0))  # fewer edits than the minimum
+    assert not sclite_agrees(c(0, 8, 8), c(10, 0, 0))  # cost 48 > 40: not the weighted optimum
 
 
 @needs_sclite
