@@ -158,6 +158,12 @@ stage8() {
 stage9() {
     local m
     for m in valid.acc.ave.pth valid.acc.best.pth valid.loss.best.pth latest.pth; do
+        # an average older than the last epoch is from a shorter run (training stopped, then
+        # resumed for more epochs and stopped before ESPnet averaged again): not what was trained
+        if [ "${m}" = valid.acc.ave.pth ] && [ -e "${exp}/${m}" ] && [ -e "${exp}/latest.pth" ] \
+            && [ "$(readlink -f "${exp}/${m}")" -ot "$(readlink -f "${exp}/latest.pth")" ]; then
+            echo "skipping ${m}: older than the last epoch (latest.pth)"; continue
+        fi
         if [ -e "${exp}/${m}" ]; then
             ln -sfn "$(readlink -f "${exp}/${m}")" "${exp}/model.pth"
             echo "selected ${m} -> ${exp}/model.pth"; return 0
