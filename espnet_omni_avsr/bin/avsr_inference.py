@@ -5,11 +5,12 @@ One set:   --task avsr --data_path_and_name_and_type dump/test/wav.scp,speech,so
 Many sets: --jobs jobs.tsv, one `task<TAB>data_dir<TAB>output_dir[<TAB>audio_rate<TAB>video_rate]` line
            per set ('-' for no rate; `python -m espnet_omni_avsr.names decode-jobs` writes them); the
            model is loaded once, each job reads only what its task needs (wav.scp and/or video.scp
-           of data_dir), and a job whose output is complete is skipped.
+           of data_dir), and a job whose output is complete (and newer than --model_file) is skipped.
 Rates (elastic inference): --audio_rate / --video_rate pick trained compression rates.
 """
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,14 @@ def read_jobs(path: str) -> List[Tuple[str, list, Path, dict]]:
     return jobs
 
 
-def _complete(out: Path, triples: list) -> bool:
+def _complete(out: Path, triples: list, model_file: Optional[str] = None) -> bool:
+    """A job's output is complete when it has a hypothesis for every input, written after the
+    model's weights (a model trained on, or selected again, is decoded again)."""
     hyp = out / "text"
     if not (hyp.is_file() and (out / "llm_tokens").is_file()):
+        return False
+    if model_file and os.path.getmtime(os.path.realpath(model_file)) > hyp.stat().st_mtime:
+        logging.info(f"{out}: decoded before {model_file} was written; decoding again")
         return False
     with open(triples[0][0]) as f:
         n_in = sum(1 for line in f if line.strip())
@@ -133,7 +139,7 @@ def main(cmd=None):
         length_penalty=args.length_penalty,
     )
     for task, triples, out, rates in jobs:
-        if args.jobs and _complete(out, triples):
+        if args.jobs and _complete(out, triples, args.model_file):
             logging.info(f"skip {out}: complete")
             continue
         decode(rec, task, triples, out, rates, args)

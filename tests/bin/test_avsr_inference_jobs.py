@@ -37,3 +37,27 @@ def test_a_hypothesis_is_one_line_whatever_the_llm_wrote():
 
     assert hypothesis_line("u1", "set green at p six\nset green  at p six\n") == "u1 set green at p six set green at p six\n"
     assert hypothesis_line("u2", "") == "u2 \n"
+
+
+def test_a_decoding_older_than_the_model_is_not_complete(tmp_path):
+    import os
+
+    from espnet_omni_avsr.bin.avsr_inference import _complete
+
+    (tmp_path / "wav.scp").write_text("u1 a.wav\nu2 b.wav\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "text").write_text("u1 hello\nu2 world\n")
+    (out / "llm_tokens").write_text("u1 10\nu2 12\n")
+    triples = [(str(tmp_path / "wav.scp"), "speech", "sound")]
+    model = tmp_path / "2epoch.pth"
+    model.write_bytes(b"weights")
+    link = tmp_path / "model.pth"
+    link.symlink_to(model)
+    t = (out / "text").stat().st_mtime
+    os.utime(model, (t - 60, t - 60))
+    assert _complete(out, triples) and _complete(out, triples, str(link))
+    os.utime(model, (t + 60, t + 60))  # the model was trained on after this decoding
+    assert _complete(out, triples) and not _complete(out, triples, str(link))
+    (out / "text").write_text("u1 hello\n")
+    assert not _complete(out, triples)  # a hypothesis missing
