@@ -251,6 +251,7 @@ def _sentence_and_speech(spk: Speaker, rng: np.random.Generator, text: str) -> T
         try:
             return words, _synthesize(words, spk, rng, source)
         except WordAlignmentError as exc:
+            _logger.info("%s: another sentence drawn, the TTS did not align this one (%s)", spk.name, exc)
             problems.append(str(exc))
     raise WordAlignmentError(f"no sentence of {MAX_SENTENCE_DRAWS} draws aligned for {spk.name}: {problems[-1]}")
 
