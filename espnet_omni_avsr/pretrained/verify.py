@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from espnet_omni_avsr.utils.spelling import number_to_words
 import torch
 
 from espnet_omni_avsr.pretrained.package_files import MissingDependencyError
+from espnet_omni_avsr.utils.spelling import number_to_words
 
 logger = logging.getLogger(__name__)
 
