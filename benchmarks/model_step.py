@@ -13,43 +13,12 @@ warm-up), and --set KEY=VALUE (dotted key, YAML value, repeatable) changes singl
         --pretrained_dir egs2/avgrid/avsr1/pretrained --seconds 2.2   # run from egs2/avgrid/avsr1 after stage 1
 """
 import argparse
-import os
 import statistics
 import time
 
 import torch
-import yaml
 
-
-def build(config_path: str, pretrained_dir: str, pad_to_30s: bool, llm_dtype=None, overrides=(), overlay=None):
-    from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
-    from espnet_omni_avsr.utils.config_stack import load_config, merge
-
-    config = load_config(config_path)
-    if overlay:
-        with open(overlay) as f:
-            config = merge(config, yaml.safe_load(f))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        *parents, leaf = key.split(".")
-        node = config
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
-    for key in ("audio_encoder_conf", "decoder_conf"):
-        conf = config.get(key) or {}
-        if conf.get("model_dir"):
-            conf["model_dir"] = os.path.join(pretrained_dir, os.path.basename(conf["model_dir"]))
-    if llm_dtype:
-        config["decoder_conf"]["dtype"] = llm_dtype
-    if config.get("audio_frontend_conf") is not None:
-        config["audio_frontend_conf"]["pad_to_30s"] = pad_to_30s
-    args = AVSRLLMTask.get_parser().parse_args([])
-    for k, v in config.items():
-        setattr(args, k, v)
-    return AVSRLLMTask.build_model(args)
+from common import build, random_batch, reference_llm
 
 
 def main():
@@ -66,23 +35,17 @@ def main():
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
     p.add_argument("--overlay", default=None, help="a config stacked on --config (later keys win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
+    p.add_argument("--reference_llm", action="store_true",
+                   help="the comparison's random Llama (hidden 256 x 4 layers, SmolLM2 vocabulary) as the LLM")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set, a.overlay)
+    llm_dir = reference_llm(a.pretrained_dir) if a.reference_llm else None
+    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set, a.overlay, llm_dir)
     if a.separate_task_passes:  # else the config's batched_tasks
         model.batched_tasks = False
-    tok = model.decoder.tokenizer
     b, s = a.batch_size, a.seconds
-    text = [torch.tensor(tok("bin blue at f two now", add_special_tokens=False)["input_ids"])] * b
-    batch = dict(
-        speech=torch.randn(b, int(s * 16000)) * 0.1,
-        speech_lengths=torch.full((b,), int(s * 16000)),
-        video=torch.randint(0, 256, (b, int(s * 25), 96, 96), dtype=torch.uint8),
-        video_lengths=torch.full((b,), int(s * 25)),
-        text=torch.nn.utils.rnn.pad_sequence(text, batch_first=True, padding_value=-1),
-        text_lengths=torch.tensor([len(t) for t in text]),
-    )
+    batch = random_batch(model, b, s)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     model.train()
     step_times, fwd_times = [], []

@@ -20,6 +20,18 @@ from espnet_omni_avsr.utils.trainable import set_trainable
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of the LM head: its input made contiguous.
+
+    generate() runs the head on the prompt's last position, a strided slice (B, 1, D) of the hidden
+    states. torch's matmul does not fold such an input into one (B, D) x (D, V) product: it multiplies
+    against B expanded copies of the head, which with bf16 weights materialises B copies of the whole
+    (V, D) table (3.4 GB for 60 beams x SmolLM2's 49,152 x 576; seconds per call). Contiguous, it is
+    one matrix product.
+    """
+    return (args[0].contiguous(),) + tuple(args[1:])
+
+
 class HFCausalLMDecoder(torch.nn.Module):
     """A frozen `AutoModelForCausalLM` (Llama, Qwen2, SmolLM2, ...) that reads `inputs_embeds`.
 
@@ -73,6 +85,7 @@ class HFCausalLMDecoder(torch.nn.Module):
         self.frozen = frozen
 
         base = self.base_model
+        base.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
         self.hidden_size = base.config.hidden_size
         embed = base.get_input_embeddings()
         # Trainable embeddings of <audio> </audio> <video> </video>, started at the mean embedding.

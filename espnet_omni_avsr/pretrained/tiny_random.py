@@ -36,19 +36,34 @@ def build_tiny_tokenizer(out_dir: str, text: Optional[Iterable[str]] = None, voc
     return fast
 
 
-def build_tiny_llama(out_dir: str, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> dict:
-    """A random Llama (4 heads, 2 KV heads) with the tiny tokenizer, saved with save_pretrained."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def build_tiny_llama(
+    out_dir: str,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: Optional[int] = None,
+    tokenizer_dir: Optional[str] = None,
+) -> dict:
+    """A random Llama saved with save_pretrained: the tiny BPE tokenizer, or the tokenizer of the
+    model folder `tokenizer_dir` (e.g. SmolLM2's 49,152 tokens, for benchmarks at real vocabulary size).
+    The FFN width defaults to twice the hidden size."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer(out_dir)
+    if tokenizer_dir is None:
+        tokenizer = build_tiny_tokenizer(out_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tokenizer.save_pretrained(out_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=512 if tokenizer_dir is None else 2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
