@@ -14,10 +14,10 @@ from espnet_omni_avsr.adapters.abs_llm_adapter import AbsLLMAdapter
 from espnet_omni_avsr.decoders.llm_output import LLMOutput
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer, special_tokens
 from espnet_omni_avsr.decoders.prompt import IGNORE_ID, Prompt
+from espnet_omni_avsr.utils.dtypes import resolve_dtype
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
 from espnet_omni_avsr.utils.trainable import set_trainable
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
@@ -40,7 +40,8 @@ class HFCausalLMDecoder(torch.nn.Module):
             fetched from a hub and `trust_remote_code` stays off.
         adapter: what to put inside the LLM (`llm_adapter:`: a LoRA strategy; None: nothing).
         frozen: freeze the LLM's own weights (the papers' setting).
-        dtype: "float32", "bfloat16" or "float16" for the LLM's weights.
+        dtype: "float32", "bfloat16", "float16" or "auto" (bf16 where the hardware multiplies it
+            natively, else fp32: `utils.dtypes`) for the LLM's frozen weights.
         attn_implementation: passed to transformers ("sdpa", "eager", "flash_attention_2").
         gradient_checkpointing: trade compute for memory on large LLMs.
     """
@@ -57,8 +58,7 @@ class HFCausalLMDecoder(torch.nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        weights_dtype = resolve_dtype(dtype, "decoder_conf.dtype")
         if not os.path.isfile(os.path.join(model_dir, "config.json")):
             raise FileNotFoundError(
                 f"LLM folder {model_dir!r} has no config.json: give a local Hugging Face model folder "
@@ -70,7 +70,7 @@ class HFCausalLMDecoder(torch.nn.Module):
             model_dir,
             local_files_only=True,
             trust_remote_code=False,
-            dtype=_DTYPES[dtype],
+            dtype=weights_dtype,
             attn_implementation=attn_implementation,
         )
         mark_pretrained(llm, source=model_dir)

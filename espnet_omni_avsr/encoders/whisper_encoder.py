@@ -9,6 +9,7 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
+from espnet_omni_avsr.utils.dtypes import resolve_dtype
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
 from espnet_omni_avsr.utils.safe_checkpoint import load_weights
 from espnet_omni_avsr.utils.trainable import keep_frozen_in_eval, set_trainable
@@ -72,7 +73,6 @@ def _encoder_state_dict(model_dir: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class WhisperEncoder(AbsEncoder):
@@ -97,9 +97,9 @@ class WhisperEncoder(AbsEncoder):
             i = after layer i, negative values count from the end (-1 = last layer). The final
             LayerNorm is applied only to the last layer's output.
         attn_implementation: "sdpa" or "eager".
-        dtype: the encoder's weights and arithmetic, "float32" (default), "bfloat16" or "float16";
-            the output is float32 either way. bf16 pays on hardware with bf16 matrix units (CPUs
-            with AMX / avx512_bf16, GPUs); elsewhere it is emulated and slower.
+        dtype: the encoder's weights and arithmetic, "float32" (default), "bfloat16", "float16" or
+            "auto" (bf16 where the hardware has bf16 matrix units: CPUs with AMX / avx512_bf16,
+            GPUs; else fp32: emulated bf16 is slower). The output is float32 either way.
     """
 
     def __init__(
@@ -112,8 +112,7 @@ class WhisperEncoder(AbsEncoder):
         dtype: str = "float32",
     ):
         super().__init__()
-        if dtype not in _DTYPES:
-            raise ValueError(f"WhisperEncoder: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        weights_dtype = resolve_dtype(dtype, "WhisperEncoder: dtype")
         if not model_dir:
             raise FileNotFoundError("WhisperEncoder: model_dir is required (a local Hugging Face Whisper folder)")
         if attn_implementation not in ("sdpa", "eager"):
@@ -134,7 +133,6 @@ class WhisperEncoder(AbsEncoder):
 
         with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
             self.encoder = HFWhisperEncoder(config)
-        weights_dtype = _DTYPES[dtype]
         state = {k: v.to(weights_dtype) if v.is_floating_point() else v
                  for k, v in _encoder_state_dict(model_dir).items()}
         missing, unexpected = self.encoder.load_state_dict(state, strict=False, assign=True)

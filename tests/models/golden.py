@@ -95,6 +95,8 @@ def tiny_config(name: str, overrides: dict, dirs: dict) -> dict:
     config["decoder_conf"]["dtype"] = "float32"
     if config.get("audio_encoder"):
         config["audio_encoder_conf"]["model_dir"] = dirs["whisper"]
+        if "dtype" in config["audio_encoder_conf"]:  # "auto" would follow the machine, as above
+            config["audio_encoder_conf"]["dtype"] = "float32"
     venc = config.get("video_encoder")
     if venc in ("conformer", "transformer"):
         config["video_encoder_conf"].update(output_size=16, attention_heads=2, linear_units=32, num_blocks=1)
