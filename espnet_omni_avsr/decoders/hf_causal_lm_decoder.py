@@ -4,6 +4,7 @@ One LLM pass is `decoder(prompt) -> LLMOutput`; the model never reaches inside t
 The four modality delimiters get their own small trainable embedding table instead of new rows in
 the LLM's (frozen) vocabulary; the LM head is never asked to produce them.
 """
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -77,8 +78,13 @@ class HFCausalLMDecoder(torch.nn.Module):
         if frozen:  # the weights only: the LLM follows train/eval mode, so LoRA dropout trains
             set_trainable(llm, False, eval_parts=())
         if gradient_checkpointing:
-            llm.gradient_checkpointing_enable()
+            # Non-reentrant: LoRA gets its gradients whatever the inputs need. A layer recomputed in
+            # backward runs under its own pass's adapter state (`_checkpoint_contexts`).
+            llm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": self._checkpoint_contexts}
+            )
             llm.config.use_cache = False
+        self._pass_prompt: Optional[Prompt] = None  # the prompt of the pass running now (forward)
         self.adapter = adapter
         self.llm = adapter.wrap(llm) if adapter is not None else llm
         self.attn_implementation = attn_implementation
@@ -105,6 +111,22 @@ class HFCausalLMDecoder(torch.nn.Module):
         self.bos_id = self.tokenizer.bos_token_id
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         logging.info(f"LLM {model_dir}: hidden {self.hidden_size}, trainable parameters {n_train}")
+
+    def _checkpoint_contexts(self):
+        """torch checkpoint's `context_fn`, called as a layer runs forward: its recompute in backward
+        prepares the adapter again with that pass's prompt, because the adapter's state is per pass
+        (task LoRA: the task's adapters) and backward recomputes a step's passes after the last
+        one has set it."""
+        adapter, prompt = self.adapter, self._pass_prompt
+        if adapter is None or prompt is None:
+            return contextlib.nullcontext(), contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def prepared():
+            adapter.prepare(prompt)
+            yield
+
+        return contextlib.nullcontext(), prepared()
 
     @property
     def base_model(self) -> torch.nn.Module:
@@ -153,13 +175,17 @@ class HFCausalLMDecoder(torch.nn.Module):
             )
         if self.adapter is not None:
             self.adapter.prepare(prompt)
-        out = self.base_model.get_decoder()(
-            inputs_embeds=prompt.embeds.to(self.dtype),
-            attention_mask=prompt.mask,
-            use_cache=False,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        self._pass_prompt = prompt
+        try:
+            out = self.base_model.get_decoder()(
+                inputs_embeds=prompt.embeds.to(self.dtype),
+                attention_mask=prompt.mask,
+                use_cache=False,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
+        finally:
+            self._pass_prompt = None
         hidden = out.last_hidden_state
         scored = prompt.next_token_targets() != IGNORE_ID
         logits = self.base_model.get_output_embeddings()(hidden[scored]).float()  # (K, V)

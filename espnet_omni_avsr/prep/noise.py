@@ -15,17 +15,26 @@ Definitions (the papers leave them implicit; here they are fixed and recorded):
   ``BABBLE_RMS`` (-20 dBFS; the level is irrelevant for mixing at an SNR) and written as 16-bit PCM.
   Default length 120 s: long enough that the segments drawn for a test set of a few thousand
   utterances of a few seconds rarely repeat exactly, and small (3.8 MB). ``<out>.json`` records the
-  seed, speakers and the utterances of every stream.
+  seed, speakers and the utterances of every stream; ``<out stem>_speakers.txt`` lists the speakers
+  heard in it, one a line (``babble_speakers_path``).
   With fewer training speakers than streams, speakers are reused (different utterances and
-  offsets) and a warning says so. ``speaker_fold=(i, n)`` keeps the i-th of n disjoint speaker
-  subsets (a seeded shuffle), for separate train and test babble.
+  offsets) and a warning says so.
+* **Speaker folds** (``speaker_fold=(i, n)``, ``split_speakers``): the training set's speaker ids are
+  sorted, permuted by a generator seeded with ``derive_seed(seed, "speaker_fold")``, and the speaker
+  at position j of that order goes to fold ``j mod n``: n disjoint subsets of sizes differing by at
+  most one, the same for the same speakers and seed. Stage 5 (``bin/make_noisy_sets``) builds the
+  **training babble** from fold ``TRAIN_BABBLE_FOLD`` = (0, 2) and the **test babble** from fold
+  ``TEST_BABBLE_FOLD`` = (1, 2), so no voice of the noise a model trains on is in the noise it is
+  tested with. The record holds a hash of the whole speaker list it split (``speakers_sha256``): a
+  babble of another training set is not taken for this one's.
 * **Noisy test sets** (``make_noisy_set``): for each utterance, the noise file and the offset are drawn
   from a generator seeded with ``sha256(f"{seed}/{utt_id}")``: the same segment whatever the order of
   the utterances, the set they are in or the run, and the same segment at every SNR (only its level
   changes). Shorter noise wraps around. Output: ``<src>_snr<X>/`` (``noisy_set_name``) with
   ``wav/<utt>.wav`` (16 kHz mono, ``subtype``), ``wav.scp``, every other top-level file of the source
   copied unchanged, ``snr.tsv`` (utt, noise file, offset, target and measured SNR, noise gain, clip
-  scale; measured on the written, quantised file) and ``.done`` (the arguments, JSON). It is written
+  scale; measured on the written, quantised file), ``noise_speakers.txt`` when the noise is a babble
+  (its speakers, one a line: ``NOISE_SPEAKERS``) and ``.done`` (the arguments, JSON). It is written
   into ``<out>.partial`` and renamed when complete; a rerun with the same arguments does nothing.
 * **Training augmentation** (``NoiseAugmenter``): noise file, offset and SNR drawn at random per call.
 
@@ -51,7 +60,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from espnet_omni_avsr.names import MODALITIES, format_snr, noisy_set_name  # noqa: F401 (re-exported)
-from espnet_omni_avsr.prep.kaldi_dir import read_table, write_table
+from espnet_omni_avsr.prep.kaldi_dir import atomic_write_text, read_table, write_table
 
 SAMPLE_RATE = 16000
 CLIP_PEAK = 0.99
@@ -59,7 +68,11 @@ BABBLE_RMS = 0.1
 DEFAULT_TRAIN_SNRS = (-5, 0, 5, 10, 15, 20, None)
 MARKER = ".done"
 AUDIO_SCP = MODALITIES["audio"].scp
-_COPIED_OVER = (AUDIO_SCP, "snr.tsv", MARKER)
+NOISE_SPEAKERS = "noise_speakers.txt"  # in a noisy set: the speakers of the babble it was mixed with
+SPEAKERS_SUFFIX = "_speakers.txt"  # beside a babble: <stem>_speakers.txt
+TRAIN_BABBLE_FOLD = (0, 2)
+TEST_BABBLE_FOLD = (1, 2)
+_COPIED_OVER = (AUDIO_SCP, "snr.tsv", MARKER, NOISE_SPEAKERS)
 
 PathLike = Union[str, os.PathLike]
 
@@ -222,6 +235,51 @@ def load_noise(noise: Union[NoiseBank, PathLike, Sequence[PathLike]]) -> NoiseBa
 # --------------------------------------------------------------------------- babble
 
 
+def babble_speakers_path(babble_wav: PathLike) -> Path:
+    """``dir/babble.wav`` -> ``dir/babble_speakers.txt``: the speakers heard in that babble."""
+    babble_wav = Path(babble_wav)
+    return babble_wav.with_name(babble_wav.stem + SPEAKERS_SUFFIX)
+
+
+def read_speaker_list(path: PathLike) -> List[str]:
+    """The speaker ids of a ``*_speakers.txt`` / ``noise_speakers.txt`` file (one a line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"speaker list {path} is missing")
+    speakers = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not speakers:
+        raise ValueError(f"speaker list {path} is empty")
+    return speakers
+
+
+def _write_speaker_list(path: Path, speakers: Sequence[str]) -> None:
+    atomic_write_text(str(path), "".join(f"{spk}\n" for spk in sorted(speakers)))
+
+
+def split_speakers(speakers: Sequence[str], seed: int, fold: Tuple[int, int]) -> List[str]:
+    """Fold ``fold = (i, n)`` of ``speakers``: the i-th of n disjoint subsets (module docstring)."""
+    i, n = fold
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"speaker_fold must be (i, n) with 0 <= i < n, got {fold}")
+    speakers = sorted(set(speakers))
+    order = np.random.default_rng(derive_seed(seed, "speaker_fold")).permutation(len(speakers))
+    return sorted(speakers[j] for j in order[i::n])
+
+
+def check_disjoint_babbles(train_wav: PathLike, test_wav: PathLike) -> List[str]:
+    """Raise ValueError when the speaker lists of the two babbles share a speaker (or one is
+    missing: FileNotFoundError); return the test babble's speakers."""
+    train_list, test_list = babble_speakers_path(train_wav), babble_speakers_path(test_wav)
+    test = read_speaker_list(test_list)
+    shared = sorted(set(read_speaker_list(train_list)) & set(test))
+    if shared:
+        raise ValueError(
+            f"the training babble {train_wav} and the test babble {test_wav} share {len(shared)} speaker(s) "
+            f"({train_list}, {test_list}): {shared[:10]}; remove both (and the noisy sets) and run again"
+        )
+    return test
+
+
 def make_babble(
     wav_scp: PathLike,
     utt2spk: PathLike,
@@ -236,14 +294,29 @@ def make_babble(
 ) -> dict:
     """Write babble noise built from the utterances of ``wav_scp`` (see the module docstring).
 
-    Returns the record also written to ``<out_wav minus .wav>.json``. An existing babble whose
-    record holds the same arguments is kept (status "skipped"); one made with other arguments is an
-    error unless ``force``.
+    Returns the record also written to ``<out_wav minus .wav>.json``; the speakers heard are listed
+    in ``babble_speakers_path(out_wav)``. An existing babble whose record holds the same arguments is
+    kept (status "skipped"); one made with other arguments (another training set included) is an
+    error unless ``force``. The list and the record are written before the wav (each written to a
+    temporary file and renamed), so an existing wav always has both.
     """
     out_wav = Path(out_wav)
     record_path = out_wav.with_suffix(".json")
+    speakers_path = babble_speakers_path(out_wav)
+    if num_speakers < 1 or duration_s <= 0:
+        raise ValueError(f"num_speakers ({num_speakers}) must be >= 1 and duration_s ({duration_s}) > 0")
+    wavs = read_table(str(wav_scp))
+    spk_of = read_table(str(utt2spk))
+    missing = [u for u in wavs if u not in spk_of]
+    if missing:
+        raise ValueError(f"{len(missing)} utterances of {wav_scp} have no speaker in {utt2spk}: {missing[:10]}")
+    by_spk: Dict[str, List[str]] = {}
+    for utt in wavs:
+        by_spk.setdefault(spk_of[utt], []).append(utt)
+    all_speakers = sorted(by_spk)
     args = {
         "wav_scp": os.path.normpath(wav_scp),
+        "speakers_sha256": hashlib.sha256("\n".join(all_speakers).encode("utf-8")).hexdigest(),
         "num_speakers": int(num_speakers),
         "duration_s": float(duration_s),
         "seed": int(seed),
@@ -253,6 +326,8 @@ def make_babble(
     if out_wav.exists() and not force:
         old = json.loads(record_path.read_text()) if record_path.is_file() else None
         if old is not None and old.get("args") == args:
+            if not speakers_path.is_file():  # the list is derived from the record: rewrite it
+                _write_speaker_list(speakers_path, old["speakers"])
             logging.info(f"babble {out_wav} exists with the same arguments: skipped")
             return dict(old, status="skipped")
         raise FileExistsError(
@@ -260,26 +335,11 @@ def make_babble(
             + ("is missing" if old is None else f"holds other arguments ({old.get('args')} vs {args})")
             + ": remove it or pass force"
         )
-    if num_speakers < 1 or duration_s <= 0:
-        raise ValueError(f"num_speakers ({num_speakers}) must be >= 1 and duration_s ({duration_s}) > 0")
-
-    wavs = read_table(str(wav_scp))
-    spk_of = read_table(str(utt2spk))
-    missing = [u for u in wavs if u not in spk_of]
-    if missing:
-        raise ValueError(f"{len(missing)} utterances of {wav_scp} have no speaker in {utt2spk}: {missing[:10]}")
-    by_spk: Dict[str, List[str]] = {}
-    for utt in wavs:
-        by_spk.setdefault(spk_of[utt], []).append(utt)
-    speakers = sorted(by_spk)
-    if speaker_fold is not None:
-        i, n = speaker_fold
-        if not (n >= 1 and 0 <= i < n):
-            raise ValueError(f"speaker_fold must be (i, n) with 0 <= i < n, got {speaker_fold}")
-        order = np.random.default_rng(derive_seed(seed, "speaker_fold")).permutation(len(speakers))
-        speakers = sorted(speakers[j] for j in order[i::n])
+    speakers = all_speakers if speaker_fold is None else split_speakers(all_speakers, seed, speaker_fold)
     if not speakers:
-        raise ValueError(f"no speakers left in {wav_scp} (speaker_fold={speaker_fold})")
+        raise ValueError(
+            f"no speakers left in {wav_scp} for speaker_fold={speaker_fold} ({len(all_speakers)} speakers in all)"
+        )
 
     rng = np.random.default_rng(derive_seed(seed, "babble"))
     chosen = [speakers[j] for j in rng.permutation(len(speakers))[:num_speakers]]
@@ -321,18 +381,20 @@ def make_babble(
     if peak > CLIP_PEAK:
         babble *= CLIP_PEAK / peak
     out_wav.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_wav.with_name(out_wav.name + ".partial.wav")
-    sf.write(str(tmp), babble.astype(np.float32), sample_rate, subtype="PCM_16")
-    os.replace(tmp, out_wav)
     record = {
         "args": args,
         "speakers": sorted(set(chosen)),
         "num_distinct_speakers": len(set(chosen)),
+        "num_fold_speakers": len(speakers),
         "streams": streams,
         "rms": BABBLE_RMS,
         "definition": "sum of unit-RMS utterance streams, one speaker each; see espnet_omni_avsr/prep/noise.py",
     }
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    _write_speaker_list(speakers_path, record["speakers"])
+    atomic_write_text(str(record_path), json.dumps(record, indent=1) + "\n")
+    tmp = out_wav.with_name(out_wav.name + ".partial.wav")
+    sf.write(str(tmp), babble.astype(np.float32), sample_rate, subtype="PCM_16")
+    os.replace(tmp, out_wav)
     logging.info(f"babble: {duration_s:g} s from {len(set(chosen))} speakers -> {out_wav}")
     return dict(record, status="written")
 
@@ -349,9 +411,12 @@ def make_noisy_set(
     subtype: str = "PCM_16",
     force: bool = False,
     progress: bool = True,
+    noise_speakers: Optional[Sequence[str]] = None,
 ) -> dict:
     """Write a fixed noisy copy of the Kaldi-style set ``src_dir`` at ``snr`` dB (module docstring).
 
+    ``noise_speakers``: the speakers of the babble ``noise`` is (written to ``NOISE_SPEAKERS`` in the
+    set and recorded in its marker); None for noise that is not speech of known speakers.
     Returns a summary: status ("written" / "skipped"), number of utterances, clipped utterance ids,
     mean/min/max measured SNR.
     """
@@ -364,6 +429,10 @@ def make_noisy_set(
         "subtype": subtype,
         "noise": bank.fingerprint(),
     }
+    if noise_speakers is not None:
+        if not noise_speakers:
+            raise ValueError(f"{out_dir}: noise_speakers is empty")
+        args["noise_speakers"] = sorted(set(noise_speakers))
     marker = out_dir / MARKER
     if out_dir.exists() and not force:
         if marker.is_file():
@@ -422,6 +491,8 @@ def make_noisy_set(
         rows.append((utt, bank.paths[index], offset, float(snr), measured, gain, scale))
         new_scp[utt] = os.path.join(str(out_dir), "wav", name)
     write_table(str(tmp / AUDIO_SCP), new_scp)
+    if noise_speakers is not None:
+        _write_speaker_list(tmp / NOISE_SPEAKERS, args["noise_speakers"])
     with open(tmp / "snr.tsv", "w", encoding="utf-8") as f:
         f.write("utt\tnoise_file\toffset\ttarget_snr_db\tmeasured_snr_db\tnoise_gain\tclip_scale\n")
         for utt, nf, off, tgt, meas, gain, scale in rows:

@@ -9,14 +9,19 @@ import soundfile as sf
 from espnet_omni_avsr.bin import make_noisy_sets
 from espnet_omni_avsr.prep.kaldi_dir import read_table
 from espnet_omni_avsr.prep.noise import (
+    NOISE_SPEAKERS,
     NoiseAugmenter,
     NoiseBank,
+    babble_speakers_path,
+    check_disjoint_babbles,
     make_babble,
     make_noisy_set,
     mix_at_snr,
     noisy_set_name,
     power,
+    read_speaker_list,
     snr_db,
+    split_speakers,
 )
 
 SR = 16000
@@ -224,6 +229,7 @@ def test_cli(dirs, tmp_path, capsys):
     assert make_noisy_sets.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report[str(tmp_path / "noise" / "babble.wav")]["status"] == "written"
+    assert report[str(tmp_path / "noise" / "babble_test.wav")]["status"] == "written"
     assert (tmp_path / "test_snr-5" / ".done").is_file() and (tmp_path / "test_snr5" / ".done").is_file()
     assert make_noisy_sets.main(argv) == 0  # everything complete: skipped
     assert set(r["status"] for r in json.loads(capsys.readouterr().out).values()) == {"skipped"}
@@ -234,6 +240,8 @@ def test_cli(dirs, tmp_path, capsys):
     assert make_noisy_sets.main(["--noise", str(babble), "--src", str(tmp_path / "nope"), "--snrs", "0"]) == 1
     with pytest.raises(SystemExit):
         make_noisy_sets.main(["--src", str(src), "--snrs", "0"])  # no noise source
+    with pytest.raises(SystemExit):  # babble speech without its folder
+        make_noisy_sets.main(["--train_dir", str(train), "--src", str(src), "--snrs", "0"])
     with pytest.raises(SystemExit):
         make_noisy_sets.main(["--noise", str(babble), "--src", str(src)])  # --src without --snrs
 
@@ -249,5 +257,132 @@ def test_cli_without_snrs_makes_the_babble_only(dirs, tmp_path, capsys):
     assert make_noisy_sets.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report) == [str(tmp_path / "noise" / "babble.wav")]
-    assert (tmp_path / "noise" / "babble.wav").is_file()
+    assert sorted(p.name for p in (tmp_path / "noise").iterdir()) == [
+        "babble.json", "babble.wav", "babble_speakers.txt"]  # no test babble without noisy sets
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noise", "test"]
+
+
+# --------------------------------------------------------------------------- honest noise: disjoint babbles
+
+
+@pytest.fixture(scope="module")
+def stage5(tmp_path_factory):
+    """The stage-5 call on a training set of 6 speakers: training babble, test babble, noisy sets."""
+    base = tmp_path_factory.mktemp("stage5")
+    train = _write_set(base / "train", n_spk=6, n_utt_per_spk=2, seed=3)
+    test = _write_set(base / "test", n_spk=2, n_utt_per_spk=2, seed=4, seconds=(1.0, 2.0))
+    argv = ["--train_dir", str(train), "--noise_out", str(base / "noise"), "--num_speakers", "3",
+            "--babble_duration", "3", "--src", str(test), "--snrs", "0", "10", "--no_progress"]
+    assert make_noisy_sets.main(argv) == 0
+    return base, train, test, argv
+
+
+def _babble_speakers_from_record(wav, utt2spk):
+    """The speakers whose utterances the babble's streams hold (from its record, through utt2spk)."""
+    rec = json.loads(wav.with_suffix(".json").read_text())
+    return {utt2spk[u] for st in rec["streams"] for u in st["utterances"]}, rec
+
+
+def test_training_and_test_babble_share_no_speaker(stage5):
+    base, train, _, _ = stage5
+    spk = read_table(train / "utt2spk")
+    train_wav, test_wav = base / "noise" / "babble.wav", base / "noise" / "babble_test.wav"
+    heard_train, rec_train = _babble_speakers_from_record(train_wav, spk)
+    heard_test, rec_test = _babble_speakers_from_record(test_wav, spk)
+    assert heard_train and heard_test and not heard_train & heard_test
+    # the lists beside the babbles say exactly who is in them
+    assert set(read_speaker_list(base / "noise" / "babble_speakers.txt")) == heard_train
+    assert set(read_speaker_list(base / "noise" / "babble_test_speakers.txt")) == heard_test
+    # the halves: fold 0 and fold 1 of the documented split, together every training speaker
+    speakers = sorted(set(spk.values()))
+    fold0, fold1 = split_speakers(speakers, 0, (0, 2)), split_speakers(speakers, 0, (1, 2))
+    assert heard_train <= set(fold0) and heard_test <= set(fold1)
+    assert sorted(fold0 + fold1) == speakers and len(fold0) == len(fold1) == 3
+    assert rec_train["args"]["speaker_fold"] == [0, 2] and rec_test["args"]["speaker_fold"] == [1, 2]
+    assert check_disjoint_babbles(train_wav, test_wav) == sorted(heard_test)
+
+
+def test_noisy_sets_are_mixed_from_the_test_babble_only(stage5):
+    """Every noisy utterance is clean speech plus a segment of the test babble (rebuilt from
+    snr.tsv's offset and gain, to the 16-bit quantisation), never of the training babble."""
+    base, _, test, _ = stage5
+    test_babble, _ = sf.read(str(base / "noise" / "babble_test.wav"), dtype="float64")
+    train_babble, _ = sf.read(str(base / "noise" / "babble.wav"), dtype="float64")
+    clean = read_table(test / "wav.scp")
+    for snr in (0, 10):
+        out = base / noisy_set_name("test", snr)
+        rows = _snr_rows(out)
+        assert set(rows) == set(clean)
+        for utt, row in rows.items():
+            assert row["noise_file"] == str(base / "noise" / "babble_test.wav")
+            x, _ = sf.read(clean[utt], dtype="float64")
+            y, _ = sf.read(str(out / "wav" / f"{utt}.wav"), dtype="float64")
+            off, gain, scale = int(row["offset"]), float(row["noise_gain"]), float(row["clip_scale"])
+            seg = np.take(test_babble, np.arange(off, off + len(x)), mode="wrap")
+            assert np.max(np.abs(y - scale * (x + gain * seg))) < 1e-4, (utt, snr)
+            wrong = np.take(train_babble, np.arange(off, off + len(x)), mode="wrap")
+            assert np.max(np.abs(y - scale * (x + gain * wrong))) > 1e-2  # the check can tell them apart
+        # the test babble's speakers lie next to snr.tsv, and the marker records them
+        assert (out / NOISE_SPEAKERS).read_text() == (base / "noise" / "babble_test_speakers.txt").read_text()
+        marker = json.loads((out / ".done").read_text())
+        assert marker["args"]["noise_speakers"] == read_speaker_list(out / NOISE_SPEAKERS)
+
+
+def test_stage5_rerun_skips_and_restores_a_lost_list(stage5, capsys):
+    base, _, _, argv = stage5
+    capsys.readouterr()
+    (base / "noise" / "babble_speakers.txt").unlink()
+    assert make_noisy_sets.main(argv) == 0
+    assert set(r["status"] for r in json.loads(capsys.readouterr().out).values()) == {"skipped"}
+    assert read_speaker_list(base / "noise" / "babble_speakers.txt")  # rewritten from babble.json
+
+
+def test_missing_or_shared_speaker_lists_are_errors(tmp_path, dirs):
+    _, train, _, _ = dirs
+    a = make_babble(train / "wav.scp", train / "utt2spk", tmp_path / "a.wav", num_speakers=2, duration_s=1.0,
+                    progress=False)
+    b = make_babble(train / "wav.scp", train / "utt2spk", tmp_path / "b.wav", num_speakers=2, duration_s=1.0,
+                    speaker_fold=(1, 2), progress=False)
+    assert babble_speakers_path(tmp_path / "a.wav") == tmp_path / "a_speakers.txt"
+    if set(a["speakers"]) & set(b["speakers"]):
+        with pytest.raises(ValueError, match="share"):
+            check_disjoint_babbles(tmp_path / "a.wav", tmp_path / "b.wav")
+    # the same speakers on both sides: always shared
+    with pytest.raises(ValueError, match="share"):
+        check_disjoint_babbles(tmp_path / "a.wav", tmp_path / "a.wav")
+    (tmp_path / "b_speakers.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="b_speakers.txt"):
+        check_disjoint_babbles(tmp_path / "a.wav", tmp_path / "b.wav")
+
+
+def test_babble_of_another_training_set_is_not_reused(tmp_path):
+    """The babble's record holds a hash of the training speakers: the same path with other
+    speakers is an error, not a silent skip (the halves could then overlap)."""
+    train = _write_set(tmp_path / "train", n_spk=4, n_utt_per_spk=1, seed=5)
+    make_babble(train / "wav.scp", train / "utt2spk", tmp_path / "n" / "babble.wav", num_speakers=2,
+                duration_s=1.0, speaker_fold=(0, 2), progress=False)
+    spk = read_table(train / "utt2spk")  # one speaker renamed
+    (train / "utt2spk").write_text("".join(f"{u} {s.replace('spk53', 'spk99')}\n" for u, s in spk.items()))
+    with pytest.raises(FileExistsError, match="other arguments"):
+        make_babble(train / "wav.scp", train / "utt2spk", tmp_path / "n" / "babble.wav", num_speakers=2,
+                    duration_s=1.0, speaker_fold=(0, 2), progress=False)
+
+
+def test_own_noise_for_the_noisy_sets_keeps_the_training_babble(dirs, tmp_path, capsys):
+    """--noise_dir with --train_dir: the training babble is made (the configs' training noise), the
+    noisy sets are mixed with the given noise only, and no test babble is made."""
+    _, train, test, _ = dirs
+    noise_dir = tmp_path / "musan"
+    noise_dir.mkdir()
+    sf.write(str(noise_dir / "n.wav"), np.random.default_rng(0).standard_normal(SR) * 0.1, SR)
+    src = tmp_path / "test"
+    shutil.copytree(test, src)
+    argv = ["--train_dir", str(train), "--noise_out", str(tmp_path / "noise"), "--num_speakers", "2",
+            "--babble_duration", "1", "--noise_dir", str(noise_dir), "--src", str(src), "--snrs", "5",
+            "--no_progress"]
+    assert make_noisy_sets.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "noise").iterdir()) == [
+        "babble.json", "babble.wav", "babble_speakers.txt"]
+    rows = _snr_rows(tmp_path / "test_snr5")
+    assert {r["noise_file"] for r in rows.values()} == {str(noise_dir / "n.wav")}
+    assert not (tmp_path / "test_snr5" / NOISE_SPEAKERS).exists()

@@ -41,6 +41,8 @@ def test_clean_test_sets_only(tmp_path):
                            "--snrs", ""], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (work / "dump" / "noise" / "babble.wav").is_file()
+    assert (work / "dump" / "noise" / "babble_speakers.txt").is_file()
+    assert not (work / "dump" / "noise" / "babble_test.wav").exists()  # made only for noisy sets
     assert sorted(p.name for p in (work / "dump").iterdir()) == ["noise", "test", "train"]
     jobs = subprocess.run([sys.executable, "-m", "espnet_omni_avsr.names", "decode-jobs", "--config", str(config),
                            "--test_sets", "test", "--snrs=", "--dump_dir", "dump", "--exp_dir", "exp/m",
@@ -53,6 +55,13 @@ def test_clean_test_sets_only(tmp_path):
                            "--snrs", "0"], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (work / "dump" / "test_snr0" / ".done").is_file()
+    # mixed with the test babble, whose speakers (none of the training babble's) lie beside snr.tsv
+    noise = work / "dump" / "noise"
+    assert {line.split("\t")[1] for line in (work / "dump" / "test_snr0" / "snr.tsv").read_text().splitlines()[1:]} \
+        == {"dump/noise/babble_test.wav"}
+    test_speakers = (work / "dump" / "test_snr0" / "noise_speakers.txt").read_text().split()
+    assert test_speakers == (noise / "babble_test_speakers.txt").read_text().split()
+    assert test_speakers and not set(test_speakers) & set((noise / "babble_speakers.txt").read_text().split())
 
 
 def test_debug_recipe_all_stages(tmp_path):

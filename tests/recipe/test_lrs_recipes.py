@@ -70,6 +70,8 @@ def _check_prepared(work, expected):
             measured = 10 * np.log10(np.mean(x ** 2) / np.mean((y - x) ** 2))
             assert abs(measured - snr) < 0.5, (uid, snr, measured)
         assert "seed" in (noisy_dir / ".done").read_text()
+        assert (noisy_dir / "noise_speakers.txt").read_text().split() == \
+            (work / "dump" / "noise" / "babble_test_speakers.txt").read_text().split()
 
 
 def test_lrs3_recipe_preparation(tmp_path):

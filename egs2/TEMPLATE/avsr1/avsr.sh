@@ -93,12 +93,17 @@ stage4() {
             --min_duration "${min_duration}" --max_duration "${max_duration}" --max_words "${max_words}"; done
     for s in ${test_sets}; do  # test sets: only unusable items are dropped, never by length
         python -m espnet_omni_avsr.bin.filter_data --data_dir "data/${s}" --dump_dir "${dumpdir}/${s}"; done; }
-stage5() { local noise=(--train_dir "${dumpdir}/${train_set}" --noise_out "${dumpdir}/noise")
-    [ -z "${noise_dir}" ] || noise=(--noise_dir "${noise_dir}")
-    # an empty ${snrs} passes a bare --snrs: the babble (training noise) only, no noisy test sets
-    # shellcheck disable=SC2086
-    for s in ${test_sets}; do
-    python -m espnet_omni_avsr.bin.make_noisy_sets "${noise[@]}" --src "${dumpdir}/${s}" --snrs ${snrs}; done; }
+stage5() {  # babble.wav (training noise) and babble_test.wav (noisy sets) from disjoint speaker halves
+    local args=(--train_dir "${dumpdir}/${train_set}" --noise_out "${dumpdir}/noise") s
+    [ -z "${noise_dir}" ] || args+=(--noise_dir "${noise_dir}")  # your noise for the noisy sets
+    if [ -n "${test_sets}" ]; then
+        args+=(--src)
+        for s in ${test_sets}; do args+=("${dumpdir}/${s}"); done
+        # an empty ${snrs} passes a bare --snrs: the training babble only, no noisy test sets
+        # shellcheck disable=SC2086
+        args+=(--snrs ${snrs})
+    fi
+    python -m espnet_omni_avsr.bin.make_noisy_sets "${args[@]}"; }
 stage6() { python -m espnet_omni_avsr.bin.prepare_pretrained --output_dir "${pretrained_dir}" --models ${pretrained_models}; }
 stage7() {
     local scp; scp=$(names modality audio scp)

@@ -3,9 +3,13 @@
 #   (--local_data_opts "--with_pretrain true" adds pretrain/), test 1,243 utterances.
 # Corpus root in db.sh (LRS2=...). Stage 2 cuts the 96x96 mouth ROI from the raw face tracks
 # (mediapipe face mesh -> mean-face alignment; --video_mode dlib for dlib); stage 3 takes the 16 kHz
-# audio out of the mp4s; stage 5 makes babble from the training speech and fixed noisy test sets at
-# the papers' SNRs (seed 0, measured SNR in dump/test_snr*/snr.tsv). Clips longer than --max_duration
-# (pretrain) are dropped by stage 4, not split, and listed in dump/train/filter_report.txt.
+# audio out of the mp4s; stage 5 makes two babbles from disjoint halves of the training speakers
+# (dump/noise/babble.wav, the training noise; babble_test.wav, the only noise of the noisy test sets)
+# and fixed noisy test sets at the papers' SNRs (seed 0, measured SNR in dump/test_snr*/snr.tsv, the
+# test babble's speakers in dump/test_snr*/noise_speakers.txt).
+# LRS2 names no speakers: a "speaker" is a clip folder, so one person may be in both halves.
+# Clips longer than --max_duration (pretrain) are dropped by stage 4, not split, and listed in
+# dump/train/filter_report.txt.
 #
 # Paper size (GPU; bf16 LLM, AMP, batches by numel, DDP over --ngpu GPUs through ESPnet's options).
 # Put the models named in the config under pretrained/ (Whisper medium.en, Llama 3.2-1B, ...).
