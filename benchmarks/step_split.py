@@ -82,17 +82,26 @@ class PartTimer:
 
 
 def llm_forward_flops(model, batch) -> int:
-    """Forward FLOPs of the LLM passes of one step (the decoder module and everything inside it)."""
+    """Forward FLOPs of the LLM passes of one training step (the decoder and everything inside it),
+    counted without autograd."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    handles = [model.decoder.register_forward_pre_hook(lambda m, a: counter.__enter__()),
-               model.decoder.register_forward_hook(lambda m, a, o: counter.__exit__(None, None, None))]
+    total = [0]
+
+    def enter(module, args):
+        counter.__enter__()  # a pre-hook returning something would replace the decoder's arguments
+
+    def leave(module, args, output):
+        counter.__exit__(None, None, None)
+        total[0] += counter.get_total_flops()  # entering again starts the count at zero
+
+    handles = [model.decoder.register_forward_pre_hook(enter), model.decoder.register_forward_hook(leave)]
     with torch.no_grad():
         model(**batch)
     for h in handles:
         h.remove()
-    return counter.get_total_flops()
+    return total[0]
 
 
 def main():
@@ -147,9 +156,7 @@ def main():
     print(f"  {'step (median)':<28} {step:8.3f} s")
     llm_time = statistics.median(rows["LLM passes"]) if "LLM passes" in rows else 0.0
     if llm_time > 0:
-        model.eval()
-        flops = llm_forward_flops(model, batch)
-        model.train()
+        flops = llm_forward_flops(model, batch)  # in training mode: the same jobs (rate pairs) as a step
         peaks = {d: matmul_peak(getattr(torch, d), a.peak_size) for d in ("float32", "bfloat16")}
         achieved = flops / llm_time / 1e9
         print(f"LLM forward: {flops / 1e9:.1f} GFLOP per step in {llm_time:.3f} s = {achieved:.0f} GFLOP/s "

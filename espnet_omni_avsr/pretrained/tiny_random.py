@@ -45,10 +45,12 @@ def build_tiny_llama(
     num_kv_heads: int = 2,
     intermediate_size: Optional[int] = None,
     tokenizer_dir: Optional[str] = None,
+    vocab_size: Optional[int] = None,
 ) -> dict:
     """A random Llama saved with save_pretrained: the tiny BPE tokenizer, or the tokenizer of the
     model folder `tokenizer_dir` (e.g. SmolLM2's 49,152 tokens, for benchmarks at real vocabulary size).
-    The FFN width defaults to twice the hidden size."""
+    The FFN width defaults to twice the hidden size; `vocab_size` (at least the tokenizer's) sizes the
+    embedding table and LM head like a larger model's (e.g. Llama 3's 128,256) for memory benchmarks."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if tokenizer_dir is None:
@@ -56,8 +58,10 @@ def build_tiny_llama(
     else:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         tokenizer.save_pretrained(out_dir)
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
@@ -73,8 +77,9 @@ def build_tiny_llama(
     return {"architecture": "LlamaForCausalLM", "hidden_size": hidden_size, "vocab_size": len(tokenizer)}
 
 
-def build_tiny_whisper(out_dir: str, d_model: int = 32, num_layers: int = 2, seed: int = 0) -> dict:
-    """A random Whisper (80 mel bins) with Whisper's feature-extractor config."""
+def build_tiny_whisper(out_dir: str, d_model: int = 32, num_layers: int = 2, seed: int = 0,
+                       num_heads: int = 4, ffn_dim: Optional[int] = None) -> dict:
+    """A random Whisper (80 mel bins) with Whisper's feature-extractor config; FFN 2 x d_model by default."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     config = WhisperConfig(
@@ -82,8 +87,8 @@ def build_tiny_whisper(out_dir: str, d_model: int = 32, num_layers: int = 2, see
         num_mel_bins=80,
         d_model=d_model,
         encoder_layers=num_layers,
-        encoder_attention_heads=4,
-        encoder_ffn_dim=2 * d_model,
+        encoder_attention_heads=num_heads,
+        encoder_ffn_dim=ffn_dim or 2 * d_model,
         decoder_layers=1,
         decoder_attention_heads=4,
         decoder_ffn_dim=2 * d_model,
