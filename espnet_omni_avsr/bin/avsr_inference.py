@@ -110,15 +110,28 @@ def decode(rec: AVSRRecognizer, task: Optional[str], triples: list, out: Path, r
         inference=True,
     )
     out.mkdir(parents=True, exist_ok=True)
+    # written under temporary names and renamed at the end, text last: an interrupted job leaves no
+    # text (the file _complete and scoring read) rather than a partial one
+    tmp = {name: out / f"{name}.tmp{os.getpid()}" for name in ("llm_tokens", "text")}
+    for name in tmp:  # left by a job that was killed
+        for stale in out.glob(f"{name}.tmp*"):
+            stale.unlink()
     n_utt, start = 0, time.perf_counter()
-    with (out / "text").open("w", encoding="utf-8") as f_text, (out / "llm_tokens").open("w") as f_tok:
-        for keys, batch in tqdm(loader, desc=f"decoding {rec.task} {rates or ''} -> {out}", unit="batch",
-                                file=sys.stderr):
-            result = rec.recognize_batch(batch)
-            for key, text, n in zip(keys, result["text"], result["llm_tokens"]):
-                f_text.write(hypothesis_line(key, text))
-                f_tok.write(f"{key} {n}\n")
-            n_utt += len(keys)
+    try:
+        with tmp["text"].open("w", encoding="utf-8") as f_text, tmp["llm_tokens"].open("w") as f_tok:
+            for keys, batch in tqdm(loader, desc=f"decoding {rec.task} {rates or ''} -> {out}", unit="batch",
+                                    file=sys.stderr):
+                result = rec.recognize_batch(batch)
+                for key, text, n in zip(keys, result["text"], result["llm_tokens"]):
+                    f_text.write(hypothesis_line(key, text))
+                    f_tok.write(f"{key} {n}\n")
+                n_utt += len(keys)
+        for name, path in tmp.items():
+            os.replace(path, out / name)
+    finally:
+        for path in tmp.values():
+            if path.exists():
+                path.unlink()
     seconds = time.perf_counter() - start
     logging.info(f"{rec.task}: decoded {n_utt} utterances in {seconds:.1f} s -> {out / 'text'}")
 

@@ -401,12 +401,16 @@ def _main(args) -> int:
         valid_mean_wps=float(np.mean([u.wps for u in valid_utts])),
         history=history,
     )
-    save_predictor(args.output, model, mean_wps, meta)
     record = dict(output=os.path.abspath(args.output), mean_wps=mean_wps, kwargs=model.kwargs, meta=meta,
                   skipped_utterances=skipped.items)
-    with open(json_path(args.output), "w", encoding="utf-8") as f:
+    # the record first, both atomically: stage 8 takes an existing predictor as finished
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp = f"{json_path(args.output)}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
         f.write("\n")
+    os.replace(tmp, json_path(args.output))
+    save_predictor(args.output, model, mean_wps, meta)
 
     print(f"speech-rate predictor -> {args.output} (and {json_path(args.output)})")
     print(f"train: {len(train_utts)} utterances ({skipped.count('train')} skipped), "

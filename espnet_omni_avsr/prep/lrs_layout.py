@@ -434,8 +434,8 @@ def sample_id_list(root: str, folder: str, num: int, seed: int, out_path: str) -
     order = np.random.default_rng(seed).permutation(len(usable))[:num]
     chosen = sorted(usable[i] for i in order)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as f:
-        f.write("".join(key + "\n" for key in chosen))
+    # atomically: a later run reuses an existing list, so a cut one would stay the dev set
+    kaldi_dir.atomic_write_text(out_path, "".join(key + "\n" for key in chosen))
     logger.warning("wrote %s: %d items of %s drawn with seed %d (not a published split list)",
                    out_path, num, folder, seed)
     return chosen

@@ -126,6 +126,9 @@ print((load_config(sys.argv[1]).get("audio_encoder_conf") or {}).get("model_dir"
         tail -n 3 "${exp}/speech_rate/train.log" >&2
     fi
     echo "${out}"; }
+# Stages 7 and 8: avsr_train does nothing when its output dir holds a finished run of the same
+# options and inputs (its avsr_train.done); a killed training resumes from its last checkpoint. The
+# training logs are appended to, so that a resumed run's log follows the interrupted one's.
 stage8() {
     local init=() best k shape warm="${exp}/warmup" rate=()
     shape="$(names modality audio data_name)_shape"
@@ -146,7 +149,7 @@ stage8() {
             --ngpu "${ngpu}" --resume true \
             --output_dir "${warm}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
             --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
-            ${train_args} ${warmup_args} 2>&1 | tee "${warm}/train.log"
+            ${train_args} ${warmup_args} 2>&1 | tee -a "${warm}/train.log"
     else
         warm=
     fi
@@ -159,7 +162,7 @@ stage8() {
     python -m espnet_omni_avsr.bin.avsr_train --config "${train_config}" --ngpu "${ngpu}" --resume true \
         --output_dir "${exp}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
         --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
-        ${init[@]+--init_param "${init[@]}"} ${rate[@]+"${rate[@]}"} ${train_args} 2>&1 | tee "${exp}/train.log"; }
+        ${init[@]+--init_param "${init[@]}"} ${rate[@]+"${rate[@]}"} ${train_args} 2>&1 | tee -a "${exp}/train.log"; }
 stage9() {
     local m
     for m in valid.acc.ave.pth valid.acc.best.pth valid.loss.best.pth latest.pth; do

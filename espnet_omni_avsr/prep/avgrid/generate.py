@@ -482,9 +482,11 @@ def generate(
     staging = root.with_name(root.name + ".partial")
     marker = staging / ".settings"
     if staging.exists():
-        if not marker.exists():
+        # a run killed at the end may have swapped its .settings for the .done already
+        made = [m for m in (marker, staging / ".done") if m.exists()]
+        if not made:
             raise FileExistsError(f"{staging} exists but was not made by this generator; remove it")
-        if marker.read_text() != settings_text:
+        if any(m.read_text() != settings_text for m in made):
             shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     marker.write_text(settings_text)
@@ -507,8 +509,9 @@ def generate(
             pool.join()
     bar.close()
     _write_tables(staging, speakers, items)
+    # .done before .settings goes: a killed run leaves staging with one of them, and resumes
+    _atomic(staging / ".done", lambda p: Path(p).write_text(settings_text))
     marker.unlink()
-    (staging / ".done").write_text(settings_text)
     os.rename(staging, root)
     return root
 
