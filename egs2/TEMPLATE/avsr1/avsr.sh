@@ -18,7 +18,7 @@ train_config=             # training YAML (required)
 inference_config=         # decoding YAML (conf/decode/*.yaml)
 train_set=train; valid_set=dev; test_sets="test"
 snrs="10 5 0 -5"          # noisy copies of the test sets (clean is always decoded; "": clean only)
-noise_dir=                # stage 5: a folder of noise wavs (MUSAN-style, searched recursively) instead of babble
+noise_dir=                # stage 5: a folder of noise wavs (MUSAN-style, searched recursively) for the noisy test sets instead of the test babble
 decode_tasks=             # default: the tasks in the training config
 local_data_opts=          # passed to local/data.sh
 video_mode=precropped     # stage 2: precropped (mouth ROI given) or a face-landmark mode
