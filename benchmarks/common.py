@@ -29,6 +29,20 @@ def reference_llm(pretrained_dir: str, cache_dir: Optional[str] = None) -> str:
     return str(out)
 
 
+def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
+    """`--set KEY=VALUE` items (dotted key, YAML value) written into `config`."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = config
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    return config
+
+
 def build(config_path: str, pretrained_dir: str, pad_to_30s: bool = False, llm_dtype: Optional[str] = None,
           overrides: Sequence[str] = (), overlay: Optional[str] = None, llm_dir: Optional[str] = None):
     """The model of `config_path` (+ `overlay`, + `--set KEY=VALUE` overrides) with its pretrained
@@ -40,15 +54,7 @@ def build(config_path: str, pretrained_dir: str, pad_to_30s: bool = False, llm_d
     if overlay:
         with open(overlay) as f:
             config = merge(config, yaml.safe_load(f))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        *parents, leaf = key.split(".")
-        node = config
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
+    apply_overrides(config, overrides)
     for key in ("audio_encoder_conf", "decoder_conf"):
         conf = config.get(key) or {}
         if conf.get("model_dir"):

@@ -86,6 +86,7 @@ def _build(spec):
     """The model of spec's config through the task's registry, as avsr_train builds it."""
     import yaml
 
+    from common import apply_overrides
     from espnet_omni_avsr.tasks.avsr_llm_task import AVSRLLMTask
     from espnet_omni_avsr.utils.config_stack import load_config, merge
 
@@ -93,15 +94,7 @@ def _build(spec):
     for overlay in spec.get("overlays", []):
         with open(overlay) as f:
             config = merge(config, yaml.safe_load(f))
-    for item in spec.get("sets", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        *parents, leaf = key.split(".")
-        node = config
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
+    apply_overrides(config, spec.get("sets", []))
     for key, folder in spec.get("model_dirs", {}).items():
         config[key]["model_dir"] = folder
     if spec.get("pretrained_dir"):
