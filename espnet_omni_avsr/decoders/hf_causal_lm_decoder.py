@@ -20,7 +20,6 @@ from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
 from espnet_omni_avsr.utils.trainable import set_trainable
 
 
-
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
     """Forward pre-hook of the LM head: its input made contiguous.
 
