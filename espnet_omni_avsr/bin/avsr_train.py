@@ -18,7 +18,9 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from espnet_omni_avsr.prep.kaldi_dir import atomic_write_text
 from espnet_omni_avsr.utils.config_stack import load_config, stack_configs
+from espnet_omni_avsr.utils.model_archive import sha256_file
 
 DONE_MARKER = "avsr_train.done"
 
@@ -57,14 +59,6 @@ def _true(value: Optional[str]) -> bool:
     return value is not None and value.lower() in ("y", "yes", "t", "true", "on", "1")
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(argv: Sequence[str]) -> str:
     """What the run depends on (module docstring): options, resolved configs, named files' content."""
     parts = []
@@ -75,7 +69,7 @@ def fingerprint(argv: Sequence[str]) -> str:
         values = []
         for v in g[1:]:
             path = v.split(",", 1)[0]  # a data triple `path,name,type` names its file first
-            values.append([v, _file_digest(path)] if os.path.isfile(path) else v)
+            values.append([v, sha256_file(path)] if os.path.isfile(path) else v)
         parts.append([g[0], *values])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -112,10 +106,7 @@ def _still_done(marker: str, output_dir: str, digest: str, collect_stats: bool) 
 
 def _write_done(marker: str, output_dir: str, digest: str, collect_stats: bool) -> None:
     done = {"fingerprint": digest, "outputs": _outputs(output_dir, collect_stats)}
-    tmp = f"{marker}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(done, f, indent=1)
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps(done, indent=1))
 
 
 def main(cmd=None):
