@@ -14,6 +14,8 @@ Regenerate (only when a change of behaviour is intended, and say so in the commi
     tools/venv/bin/python -m tests.models.golden --write
 Pin new cases (a new config) without recomputing the others:
     tools/venv/bin/python -m tests.models.golden --add sinks/multitask_small_sink
+Re-pin cases whose config was changed on purpose (say so in the commit), leaving the others as they are:
+    tools/venv/bin/python -m tests.models.golden --repin omni_avsr/llama_mtsk_small
 """
 import argparse
 import copy
@@ -214,19 +216,25 @@ def main(argv=None):
     p.add_argument("--write", action="store_true", help=f"write {VALUES.name} (else print)")
     p.add_argument("--add", nargs="+", default=None, metavar="CASE",
                    help=f"compute only these new cases and add them to {VALUES.name}")
+    p.add_argument("--repin", nargs="+", default=None, metavar="CASE",
+                   help=f"recompute only these pinned cases (their config changed on purpose) in {VALUES.name}")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    if a.add:
+    if a.add or a.repin:
+        names = a.add or a.repin
         values = json.loads(VALUES.read_text())
-        unknown = sorted(set(a.add) - set(variants()))
-        present = sorted(set(a.add) & set(values))
-        if unknown or present:
-            raise SystemExit(f"--add: unknown cases {unknown}, already pinned {present} (use --write to re-pin all)")
+        unknown = sorted(set(names) - set(variants()))
+        present = sorted(set(names) & set(values))
+        if a.add and (unknown or present):
+            raise SystemExit(f"--add: unknown cases {unknown}, already pinned {present} (use --repin for those)")
+        missing = sorted(set(names) - set(values))
+        if a.repin and (unknown or missing):
+            raise SystemExit(f"--repin: unknown cases {unknown}, not pinned yet {missing} (use --add for those)")
         with tempfile.TemporaryDirectory() as tmp:
-            values.update(compute_all(tiny_dirs(tmp), a.add))
+            values.update(compute_all(tiny_dirs(tmp), names))
         VALUES.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-        print(f"added {len(a.add)} cases to {VALUES}")
+        print(f"{'added' if a.add else 're-pinned'} {len(names)} cases in {VALUES}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         values = compute_all(tiny_dirs(tmp))
