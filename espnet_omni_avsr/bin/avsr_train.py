@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from espnet_omni_avsr.prep.kaldi_dir import atomic_write_text
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 from espnet_omni_avsr.utils.config_stack import load_config, stack_configs
 from espnet_omni_avsr.utils.model_archive import sha256_file
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
 from espnet_omni_avsr.prep import kaldi_dir
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 from espnet_omni_avsr.prep.errors import PrepError
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def _write_report(path: str, dump_dir: str, data_dir: Optional[str], options: Di
     lines.append("dropped (id<TAB>reasons):")
     for uid, reasons in result.dropped.items():
         lines.append(f"{uid}\t" + "; ".join(f"{c}: {d}" for c, d in reasons))
-    kaldi_dir.atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def summary(dump_dir: str, result: FilterResult) -> str:

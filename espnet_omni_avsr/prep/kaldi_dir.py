@@ -24,6 +24,7 @@ import shutil
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 from espnet_omni_avsr.prep.errors import PrepError
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 
 BAD_ITEMS = "bad_items.tsv"
 NOTES = "notes.tsv"
@@ -146,14 +147,6 @@ def write_table(path: str, table: Mapping[str, object], allow_empty: bool = Fals
             raise ValueError(f"{path}: the value of {uid!r} is empty")
         lines.append(f"{uid} {value}".rstrip() + "\n")
     atomic_write_text(path, "".join(lines))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---- speakers ----------------------------------------------------------------------------------

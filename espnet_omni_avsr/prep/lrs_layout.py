@@ -38,6 +38,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 from tqdm import tqdm
 
 from espnet_omni_avsr.prep import kaldi_dir
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 from espnet_omni_avsr.prep.errors import ItemError, PrepError
 
 logger = logging.getLogger(__name__)
@@ -435,7 +436,7 @@ def sample_id_list(root: str, folder: str, num: int, seed: int, out_path: str) -
     chosen = sorted(usable[i] for i in order)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     # atomically: a later run reuses an existing list, so a cut one would stay the dev set
-    kaldi_dir.atomic_write_text(out_path, "".join(key + "\n" for key in chosen))
+    atomic_write_text(out_path, "".join(key + "\n" for key in chosen))
     logger.warning("wrote %s: %d items of %s drawn with seed %d (not a published split list)",
                    out_path, num, folder, seed)
     return chosen

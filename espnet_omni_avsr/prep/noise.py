@@ -60,7 +60,8 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from espnet_omni_avsr.names import MODALITIES, format_snr, noisy_set_name  # noqa: F401 (re-exported)
-from espnet_omni_avsr.prep.kaldi_dir import atomic_write_text, read_table, write_table
+from espnet_omni_avsr.prep.kaldi_dir import read_table, write_table
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 
 SAMPLE_RATE = 16000
 CLIP_PEAK = 0.99

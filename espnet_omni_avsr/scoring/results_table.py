@@ -62,6 +62,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from espnet_omni_avsr.names import DECODE_GLOB, DECODE_LAYOUT, TASKS, dump_set_name, parse_condition_label, \
     parse_decode_dir, parse_snr_dir  # noqa: F401 (dump_set_name: re-exported)
 from espnet_omni_avsr.scoring.sclite import ScoringError, llm_token_rate
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 
 PathLike = Union[str, os.PathLike]
 SUMMARY_GLOB = f"*/{DECODE_GLOB}/score_wer/summary.json"
@@ -762,10 +763,8 @@ def write_results(exp_dir: PathLike, out_md: PathLike, plot: bool = True,
     generated = render_markdown(models, env, PLOT_NAME if has_plot else None)
     tail = hand_written_tail(out_md)
     record = record_path(out_md)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps(record_dict(models, env), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
-    out_md.write_text(generated.rstrip("\n") + "\n\n" + tail if tail else generated, encoding="utf-8")
+    atomic_write_text(record, json.dumps(record_dict(models, env), indent=1) + "\n")
+    atomic_write_text(out_md, generated.rstrip("\n") + "\n\n" + tail if tail else generated)
     n_measured = sum(len(m.results) for m in measured.values())
     logging.info(f"{n_measured} scored sets from {len(measured)} models measured, {len(results) - n_measured} "
                  f"from {len(kept)} kept -> {out_md}, {record}")

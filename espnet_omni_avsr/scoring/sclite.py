@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import jiwer
 
 from espnet_omni_avsr.prep.kaldi_dir import KaldiDirError, read_table
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 
 PathLike = Union[str, os.PathLike]
 SCLITE_CANDIDATES = ("sclite", "/usr/lib/sctk/bin/sclite")
@@ -92,9 +93,7 @@ def trn_line(words: str, spk: str, utt: str) -> str:
 
 
 def write_trn(path: PathLike, texts: Dict[str, str], order: List[str], utt2spk: Dict[str, str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for utt in order:
-            f.write(trn_line(texts[utt], utt2spk[utt], utt) + "\n")
+    atomic_write_text(path, "".join(trn_line(texts[utt], utt2spk[utt], utt) + "\n" for utt in order))
 
 
 def find_sclite(sclite: Optional[str] = None) -> Optional[str]:
@@ -131,7 +130,7 @@ def parse_sclite_result(text: str, source: str = "result.txt") -> Tuple[dict, di
 def run_sclite(sclite: str, ref_trn: Path, hyp_trn: Path, result: Path) -> str:
     cmd = [sclite, "-r", str(ref_trn), "trn", "-h", str(hyp_trn), "trn", "-i", "rm", "-o", "all", "stdout"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    result.write_text(proc.stdout, encoding="utf-8")
+    atomic_write_text(result, proc.stdout)
     if proc.returncode != 0:
         raise ScoringError(
             f"sclite failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr.strip()[-2000:]}"
@@ -263,11 +262,11 @@ def score(
     elif allow_jiwer_fallback:
         logging.warning("sclite not found: scoring with jiwer only (install it with `apt-get install sctk`)")
         counts, percent, wer, scorer = j_counts, _percent(j_counts), j_wer, "jiwer"
-        (out_dir / "result.txt").write_text(
+        atomic_write_text(
+            out_dir / "result.txt",
             "jiwer fallback (sclite not installed)\n"
             + json.dumps(counts) + "\n\n"
             + jiwer.visualize_alignment(jiwer.process_words(ref_list, hyp_list), show_measures=True),
-            encoding="utf-8",
         )
     else:
         raise ScoringError(
@@ -300,6 +299,6 @@ def score(
         summary["llm_tokens"] = llm_token_rate(tok_path, dur_path)
     else:
         logging.info(f"no tokens-per-second figure ({tok_path} or {dur_path} missing)")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     logging.info(f"{hyp}: WER {wer:.2f}% over {n_words} words ({scorer}) -> {out_dir / 'summary.json'}")
     return summary

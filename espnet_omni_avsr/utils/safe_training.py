@@ -1,4 +1,4 @@
-"""The checkpoints ESPnet's trainer reads, through weights-only loading (utils/safe_checkpoint.py).
+"""The checkpoints ESPnet's trainer reads and writes: weights-only loading, atomic saving.
 
 ESPnet's `Trainer.resume` and its `--init_param` loader call `torch.load(weights_only=False)`,
 which runs whatever code a file's pickle names. The task routes both:
@@ -11,6 +11,10 @@ which runs whatever code a file's pickle names. The task routes both:
   loader reads it (called first thing in the task's `main_worker`).
 
 A refused file is an `UnsafeCheckpointError` naming it; nothing of its pickle has run.
+
+`SafeTrainer.run` also makes the trainer's saves atomic (utils/atomic_files.atomic_torch_save): a
+run killed while writing ``checkpoint.pth`` or ``<N>epoch.pth`` leaves the previous file whole, so
+a rerun resumes from the last complete epoch instead of failing on a truncated pickle.
 """
 import argparse
 import logging
@@ -21,6 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 from espnet2.train.trainer import Trainer
 
+from espnet_omni_avsr.utils.atomic_files import atomic_torch_save
 from espnet_omni_avsr.utils.safe_checkpoint import TRAINER_SAFE_GLOBALS, check_weights_only, load_weights
 
 _EPOCH_MODEL = re.compile(r"\d+epoch\.pth")
@@ -43,7 +48,13 @@ def check_epoch_models(output_dir: Union[str, Path]) -> None:
 
 
 class SafeTrainer(Trainer):
-    """ESPnet's trainer, resuming from a checkpoint read with weights_only (module docstring)."""
+    """ESPnet's trainer, resuming from a checkpoint read with weights_only and saving atomically
+    (module docstring)."""
+
+    @classmethod
+    def run(cls, *args, **kwargs) -> None:
+        with atomic_torch_save():
+            return super().run(*args, **kwargs)
 
     @staticmethod
     def resume(
