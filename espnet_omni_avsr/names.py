@@ -51,7 +51,7 @@ class Modality:
         name: the modality's name in configs and APIs (``audio``).
         data_name: its key in ESPnet batches and data arguments (``speech``; lengths ``speech_lengths``).
         scp: its list file in a Kaldi-style set dir (``wav.scp``).
-        loader: ESPnet's loader type for that file (``sound``).
+        loader: ESPnet's loader type for that file (``audio16k``: data/espnet_audio_type.py).
         tag: its letters in decoding-condition labels (``a`` in ``avsr_a4v2``).
         open_token, close_token: the LLM tokens around its block in the prompt (``<audio>``).
         noisy: the noisy test sets (prep/noise.py) rewrite this stream; a task without such a
@@ -99,7 +99,7 @@ class Task:
 
 
 MODALITIES: Dict[str, Modality] = {m.name: m for m in (
-    Modality("audio", data_name="speech", scp="wav.scp", loader="sound", tag="a",
+    Modality("audio", data_name="speech", scp="wav.scp", loader="audio16k", tag="a",
              open_token="<audio>", close_token="</audio>", noisy=True),
     Modality("video", data_name="video", scp="video.scp", loader="video", tag="v",
              open_token="<video>", close_token="</video>"),
@@ -189,7 +189,7 @@ def data_triples(set_dir: str, modalities: Optional[Sequence[str]] = None,
 
 def data_args(set_dir: str, modalities: Optional[Sequence[str]] = None, prefix: str = "",
               text: bool = False) -> List[str]:
-    """``--<prefix>_data_path_and_name_and_type <dir>/wav.scp,speech,sound ...`` as an argv list
+    """``--<prefix>_data_path_and_name_and_type <dir>/wav.scp,speech,audio16k ...`` as an argv list
     (no prefix: ``--data_path_and_name_and_type``, the option of decoding)."""
     option = f"--{prefix}_data_path_and_name_and_type" if prefix else "--data_path_and_name_and_type"
     return [a for t in data_triples(set_dir, modalities, text) for a in (option, ",".join(t))]

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_registry_values():
     a, v = names.MODALITIES["audio"], names.MODALITIES["video"]
-    assert (a.data_name, a.scp, a.loader, a.tag, a.delimiters) == ("speech", "wav.scp", "sound", "a",
+    assert (a.data_name, a.scp, a.loader, a.tag, a.delimiters) == ("speech", "wav.scp", "audio16k", "a",
                                                                    ("<audio>", "</audio>"))
     assert (v.data_name, v.scp, v.loader, v.tag, v.delimiters) == ("video", "video.scp", "video", "v",
                                                                    ("<video>", "</video>"))
@@ -177,10 +177,10 @@ def test_decode_dirs(tmp_path):
 def test_data_args():
     assert data_triples("dump/test", ["video"]) == [("dump/test/video.scp", "video", "video")]
     assert data_args("dump/train", prefix="train", text=True) == [
-        "--train_data_path_and_name_and_type", "dump/train/wav.scp,speech,sound",
+        "--train_data_path_and_name_and_type", "dump/train/wav.scp,speech,audio16k",
         "--train_data_path_and_name_and_type", "dump/train/video.scp,video,video",
         "--train_data_path_and_name_and_type", "dump/train/text,text,text"]
-    assert data_args("d", names.TASK_MODALITIES["asr"]) == ["--data_path_and_name_and_type", "d/wav.scp,speech,sound"]
+    assert data_args("d", names.TASK_MODALITIES["asr"]) == ["--data_path_and_name_and_type", "d/wav.scp,speech,audio16k"]
     with pytest.raises(ValueError, match="unknown modality 'lips'"):
         data_args("d", ["lips"])
 
@@ -214,7 +214,7 @@ def test_cli(tmp_path):
         return proc.stdout.rstrip("\n")
 
     assert out("data-args", "--prefix", "train", "--dir", "dump/train") == (
-        "--train_data_path_and_name_and_type dump/train/wav.scp,speech,sound "
+        "--train_data_path_and_name_and_type dump/train/wav.scp,speech,audio16k "
         "--train_data_path_and_name_and_type dump/train/video.scp,video,video "
         "--train_data_path_and_name_and_type dump/train/text,text,text")
     assert out("data-args", "--dir", "d", "--modalities", "video", "--no_text") == \

@@ -1,6 +1,6 @@
 """Decode data sets: writes <output_dir>/text (utt hypothesis) and <output_dir>/llm_tokens.
 
-One set:   --task avsr --data_path_and_name_and_type dump/test/wav.scp,speech,sound
+One set:   --task avsr --data_path_and_name_and_type dump/test/wav.scp,speech,audio16k
            --data_path_and_name_and_type dump/test/video.scp,video,video --output_dir DIR
 Many sets: --jobs jobs.tsv, one `task<TAB>data_dir<TAB>output_dir[<TAB>audio_rate<TAB>video_rate]` line
            per set ('-' for no rate; `python -m espnet_omni_avsr.names decode-jobs` writes them); the
@@ -31,7 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_config", required=True, help="config.yaml of the trained model")
     p.add_argument("--model_file", default=None, help="trained weights (.pth)")
     p.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append", default=[],
-                   help="e.g. dump/test/wav.scp,speech,sound and dump/test/video.scp,video,video")
+                   help="e.g. dump/test/wav.scp,speech,audio16k and dump/test/video.scp,video,video")
     p.add_argument("--key_file", default=None, help="decode only these utterance ids")
     p.add_argument("--output_dir", default=None)
     p.add_argument("--jobs", default=None, help="a TSV of task, data dir, output dir (see above)")

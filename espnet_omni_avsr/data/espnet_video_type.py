@@ -7,13 +7,10 @@ After :func:`register_video_data_type`, ESPnet reads video scps like any other i
 where each scp line is ``utt_id path_or_spec`` (.mp4/.avi/.mkv/.webm, .npy, or ``foo.ark:123``;
 see :mod:`espnet_omni_avsr.data.video_io`).
 
-How it plugs in: ``espnet2.train.dataset.ESPnetDataset._build_loader`` looks the type up in the
-module-level ``DATA_TYPES`` dict (``re.match(key, type)``, entries ``dict(func, kwargs, help)``),
-and ``AbsTask.get_parser`` lists the same dict object in its ``--help``. Adding one entry to that
-dict is therefore all ESPnet needs; nothing is patched or subclassed. Call the function before the
-task builds its parser (the AVSR task module does it at import). ``IterableESPnetDataset``
-(inference) has its own table without ``video`` and falls back to an ``ESPnetDataset`` for such
-keys, so it works too.
+How it plugs in: one entry in ESPnet's ``DATA_TYPES`` (data/espnet_data_types.py). Call
+:func:`register_video_data_type` before the task builds its parser (the AVSR task module does it
+at import). ``IterableESPnetDataset`` (inference) has its own table without ``video`` and falls
+back to an ``ESPnetDataset`` for such keys, so it works too.
 
 dtype: ESPnetDataset casts every array by its dtype kind: floats to ``float_dtype``, signed
 integers to ``int_dtype`` (int64), anything else, uint8 included, raises ``NotImplementedError``.
@@ -25,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from espnet_omni_avsr.data.espnet_data_types import register_data_type
 from espnet_omni_avsr.data.video_io import VideoScpReader
 
 VIDEO_DATA_TYPE = "video"
@@ -74,17 +72,4 @@ def register_video_data_type() -> None:
     Raises:
         RuntimeError: ``video`` is already registered with a different loader.
     """
-    from espnet2.train.dataset import DATA_TYPES
-
-    entry = DATA_TYPES.get(VIDEO_DATA_TYPE)
-    if entry is not None:
-        func = entry.get("func")
-        if getattr(func, "__module__", None) == __name__ and getattr(func, "__qualname__", None) == (
-            video_loader.__qualname__
-        ):  # ours (compared by name so that a reloaded module counts as the same)
-            return
-        raise RuntimeError(
-            f"ESPnet's DATA_TYPES already has a {VIDEO_DATA_TYPE!r} entry with loader "
-            f"{entry.get('func')!r}; refusing to replace it"
-        )
-    DATA_TYPES[VIDEO_DATA_TYPE] = dict(func=video_loader, kwargs=[], help=_HELP)
+    register_data_type(VIDEO_DATA_TYPE, video_loader, _HELP)

@@ -24,7 +24,7 @@ from espnet_omni_avsr.utils.safe_training import check_init_params
 
 #: ESPnet data types whose file is a UTF-8 text file (an scp list or the values themselves)
 TEXT_FILE_TYPES = frozenset([
-    "sound", "multi_columns_sound", "variable_columns_sound", "kaldi_ark", "npy", "video", "text",
+    "sound", "multi_columns_sound", "variable_columns_sound", "kaldi_ark", "npy", "audio16k", "video", "text",
     "text_int", "text_float", "csv_int", "csv_float", "multi_columns_text", "duration", "score",
 ])
 MODALITY_PREFIXES = ("audio", "video")

@@ -30,6 +30,7 @@ from espnet_omni_avsr.compression.avg_pool_compressor import AvgPoolCompressor
 from espnet_omni_avsr.compression.qformer_compressor import QFormerCompressor
 from espnet_omni_avsr.compression.stack_compressor import StackCompressor
 from espnet_omni_avsr.data.collate import AVSRCollateFn
+from espnet_omni_avsr.data.espnet_audio_type import register_audio_data_type
 from espnet_omni_avsr.data.espnet_video_type import register_video_data_type
 from espnet_omni_avsr.data.preprocessor import AVSRPreprocessor, EpochAwareIterFactory
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
@@ -63,6 +64,7 @@ from espnet_omni_avsr.tasks.arg_checks import check_run_args
 from espnet_omni_avsr.utils.safe_training import SafeTrainer
 from espnet_omni_avsr.utils.trainable import log_trainable_summary, set_trainable
 
+register_audio_data_type()
 register_video_data_type()
 
 COMPRESSORS = dict(avg_pool=AvgPoolCompressor, stack=StackCompressor, qformer=QFormerCompressor)

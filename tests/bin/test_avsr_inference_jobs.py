@@ -18,7 +18,7 @@ def test_decode_jobs_read_back(tmp_path):
         ("avsr", "exp/m/decode_greedy/test/avsr_a4v2/snr_-5", {"audio": 4, "video": 2}),
     ]
     assert jobs[0][1] == [("dump/test/video.scp", "video", "video")]
-    assert jobs[2][1] == [("dump/test_snr-5/wav.scp", "speech", "sound"),
+    assert jobs[2][1] == [("dump/test_snr-5/wav.scp", "speech", "audio16k"),
                           ("dump/test_snr-5/video.scp", "video", "video")]
 
 

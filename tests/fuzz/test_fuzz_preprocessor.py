@@ -1,8 +1,8 @@
 """Fuzzing what reaches the training preprocessor (data/preprocessor.py) and the audio readers:
 transcripts (empty, whitespace, non-UTF-8 bytes, lone surrogates, 10,000 characters, characters
 the LLM's vocabulary lacks), audio arrays (NaN / inf samples, all zeros, stereo, wrong dtypes, a
-2-hour clip as a zero-copy view), video arrays, and wav files through ESPnet's `sound` loader and
-through stage 3's formatter (prep/audio_prep.py): random bytes, truncated headers, a header that
+2-hour clip as a zero-copy view), video arrays, and wav files through the `audio16k` loader
+(ESPnet's `sound` reader with a rate check) and through stage 3's formatter (prep/audio_prep.py): random bytes, truncated headers, a header that
 declares 2 hours, 8 kHz, stereo, NaN. Each case passes or raises a ValueError naming the
 utterance (ESPnet's loader and stage 3: an error naming the file)."""
 import struct
@@ -160,29 +160,33 @@ def _audio_files(tmp_path):
     return files
 
 
-def test_wav_files_through_espnets_sound_loader(tmp_path, pre):
-    """The training data path: ESPnetDataset's `sound` type, then the preprocessor."""
+def test_wav_files_through_the_audio16k_loader(tmp_path, pre):
+    """The training data path: ESPnetDataset with the `audio16k` type, then the preprocessor."""
     from espnet2.train.dataset import ESPnetDataset
 
-    must_refuse = {"NaN", "inf", "stereo", "no samples"}
+    from espnet_omni_avsr.data.espnet_audio_type import AUDIO_DATA_TYPE, register_audio_data_type
+
+    register_audio_data_type()
+    must_refuse = {"NaN", "inf", "stereo", "no samples", "8 kHz"}
     for name, path in _audio_files(tmp_path).items():
         uid = f"utt-{name.replace(' ', '_')}"
         scp = tmp_path / f"{uid}.scp"
         scp.write_text(f"{uid} {path}\n")
 
         def load():
-            dataset = ESPnetDataset([(str(scp), "speech", "sound")], preprocess=pre)
+            dataset = ESPnetDataset([(str(scp), "speech", AUDIO_DATA_TYPE)], preprocess=pre)
             return dataset[uid][1]
 
-        # ESPnet's own errors (libsndfile's) name the file; the preprocessor's the utterance
-        out = case("espnet_sound+preprocessor", name, load, [uid, path], allowed=(ValueError, RuntimeError),
+        # the loader's errors name the utterance and the file; the preprocessor's the utterance
+        out = case("audio16k+preprocessor", name, load, [uid], allowed=(ValueError,),
                    expect="error" if name in must_refuse else ("ok" if name in ("valid", "all zeros") else None))
         if out is not None:
             assert out["speech"].dtype == np.float32 and out["speech"].ndim == 1 and len(out["speech"]) > 0
-    # 8 kHz read as if 16 kHz: the loader cannot tell (it gives no rate); a video beside it shows it
+    # 8 kHz samples that reached the preprocessor some other way (ESPnet's `sound` type gives no
+    # rate): a video beside them shows the length mismatch
     files = _audio_files(tmp_path)
     speech, _ = soundfile.read(files["8 kHz"], dtype="float32")
-    case("espnet_sound+preprocessor", "8 kHz beside 1 s of video",
+    case("sound+preprocessor", "8 kHz beside 1 s of video",
          lambda: pre("utt-8k", {"speech": speech, "video": np.zeros((25, 96, 96), np.int64)}), ["utt-8k"], expect="error")
 
 
