@@ -29,8 +29,11 @@ Choices (flags, since the paper as summarised does not settle them):
 - dtype: the experts and the router are float32 whatever the LLM's dtype; the hook casts the hidden
   state to float32, and the module's output back to the LLM's dtype before the addition.
 
-Gradient checkpointing is refused: its recomputation in backward would call the hooks again after
-later passes of the step have replaced the token selection.
+Gradient checkpointing (`decoder_conf.gradient_checkpointing`) works: the recomputation of a layer in
+backward runs its hooks again, and the decoder's checkpoint context (`HFCausalLMDecoder.
+_checkpoint_contexts`) calls `prepare` with that layer's own pass's prompt first, so the hooks read
+the token selection of the pass being recomputed, not of the step's last pass. The balance statistics
+recorded again during recomputation are never read (the loss was taken in forward).
 """
 import functools
 import logging
@@ -115,10 +118,6 @@ class MoME(AbsLLMAdapter):
 
     # --------------------------------------------------------------------------------- the interface
     def wrap(self, llm: torch.nn.Module) -> torch.nn.Module:
-        flag = "is_activation_checkpointing" if hasattr(type(llm), "is_activation_checkpointing") else "is_gradient_checkpointing"
-        if getattr(llm, flag, False):
-            raise ValueError("MoME does not work with decoder_conf.gradient_checkpointing: the recomputation in "
-                             "backward would read the token selection of a later pass")
         layers = getattr(llm.get_decoder(), "layers", None)
         if layers is None:
             raise ValueError(f"MoME: {type(llm).__name__}'s decoder has no `layers` list of decoder layers")

@@ -368,8 +368,6 @@ def test_bad_arguments_are_refused(tiny_llm_dir):
         MoME(tokens="audio")
     with pytest.raises(ValueError, match="dispatch"):
         MoME(dispatch="grouped")
-    with pytest.raises(ValueError, match="gradient_checkpointing"):
-        HFCausalLMDecoder(model_dir=tiny_llm_dir, adapter=MoME(**SMALL), gradient_checkpointing=True)
 
 
 def test_one_pass_group_and_a_clear_error_without_prepare(tiny_llm_dir):
