@@ -21,8 +21,9 @@ building ("build peak"), the peak during the steps or the decoding ("run peak": 
 is reset through /proc/self/clear_refs after building, Linux only; else only the lifetime peak of
 getrusage is known) and run peak minus built (what the steps add: activations, gradients,
 optimizer state). Part 3 also prints how often the first LLM layer's MLP runs per step (twice the
-LLM passes when the layers are recomputed in backward) and the norm of the LoRA gradients after the
-first step (the same with and without checkpointing when gradients are intact). It prints figures
+LLM passes when the layers are recomputed in backward) and the norm of the LLM adapter's gradients
+(LoRA or MoME) after the first step (the same with and without checkpointing when gradients are
+intact). It prints figures
 and asserts nothing; --device cuda adds torch.cuda.max_memory_allocated.
 --overlay / --set change the config of parts 1-2 as in benchmarks/model_step.py (e.g.
 --overlay conf/overlays/float32.yaml on CPUs without bf16 units).
@@ -51,6 +52,11 @@ PAPER_DEPTHS = {
 
 
 # --------------------------------------------------------------------------- memory readings
+
+
+def is_llm_adapter(name: str) -> bool:
+    """A parameter of the LLM adapter: peft's LoRA tensors or MoME's experts and routers."""
+    return "lora_" in name or ".mome." in name
 
 
 def _status_mb(field: str):
@@ -155,10 +161,10 @@ def child(spec) -> dict:
             loss, _, _ = model(**batch)
             loss.backward()
             if step == 0:
-                grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
-                out["lora_params"] = len(grads)
-                out["lora_without_grad"] = sum(g is None for g in grads)
-                out["lora_grad_norm"] = float(sum(g.float().norm() ** 2 for g in grads if g is not None) ** 0.5)
+                grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and is_llm_adapter(n)]
+                out["adapter_params"] = len(grads)
+                out["adapter_without_grad"] = sum(g is None for g in grads)
+                out["adapter_grad_norm"] = float(sum(g.float().norm() ** 2 for g in grads if g is not None) ** 0.5)
             opt.step()
             opt.zero_grad(set_to_none=True)
         out["mlp0_calls_per_step"] = calls[0] / spec["steps"]
@@ -304,8 +310,8 @@ def main():
             report(f"3. training, gradient_checkpointing {str(gc).lower()}", r)
             print(f"   LLM {r['llm_dtype']}, layers checkpointed: {r['gradient_checkpointing']}; "
                   f"first LLM layer's MLP runs {r['mlp0_calls_per_step']:g} times per step; "
-                  f"LoRA tensors {r['lora_params']} ({r['lora_without_grad']} without gradient), "
-                  f"LoRA gradient norm after step 1 {r['lora_grad_norm']:.6g}", flush=True)
+                  f"LLM adapter tensors {r['adapter_params']} ({r['adapter_without_grad']} without gradient), "
+                  f"their gradient norm after step 1 {r['adapter_grad_norm']:.6g}", flush=True)
         off, on = results[False], results[True]
         if off["run_peak_mb"] is not None:
             saved = (off["run_peak_mb"] - off["built_mb"]) - (on["run_peak_mb"] - on["built_mb"])
