@@ -130,8 +130,14 @@ print((load_config(sys.argv[1]).get("audio_encoder_conf") or {}).get("model_dir"
 # options and inputs (its avsr_train.done); a killed training resumes from its last checkpoint. The
 # training logs are appended to, so that a resumed run's log follows the interrupted one's.
 stage8() {
-    local init=() best k shape warm="${exp}/warmup" rate=()
+    local init=() best k s shape warm="${exp}/warmup" rate=()
     shape="$(names modality audio data_name)_shape"
+    for s in train valid; do
+        [ -f "${exp}/stats/${s}/${shape}" ] || {
+            echo "stage 8: ${exp}/stats/${s}/${shape} is missing: run stage 7 (collect stats) for model tag" \
+                "${model_tag} first (e.g. --stage 7)" >&2
+            return 1; }
+    done
     mkdir -p "${exp}"
     if [ -n "${speech_rate}" ]; then
         rate=(--speech_rate_predictor "$(speech_rate_predictor)") || return 1
