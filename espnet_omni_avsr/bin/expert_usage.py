@@ -11,6 +11,14 @@ D/expert_usage.json (the numbers: per condition and span, its token count and a 
 of the share of its tokens whose top-k holds the expert; a row sums to k) and one heatmap per
 condition, D/expert_usage_<label>.png. Shared experts serve every token and are not shown.
 --rates takes condition labels without the task (a4v2, or avsr_a4v2); default: every trained one.
+
+Consistency across granularities (MoME's claim: the same experts serve a token whatever the rate)
+goes in the JSON's "consistency" and the log: for each pair of conditions and each span, the total
+variation distance between the two conditions' expert distributions (a layer's row divided by k),
+averaged over layers (0: the same experts in the same proportions, 1: disjoint experts), next to
+the same distance after the second condition's experts are shuffled within each layer (the mean over
+PERMUTATIONS seeded shuffles): what two unrelated routings with the same peakedness would give.
+A distance well under its shuffled baseline is a consistent routing.
 """
 import argparse
 import json
@@ -26,6 +34,7 @@ from tqdm import tqdm
 from espnet_omni_avsr.adapters.mome import MoME
 from espnet_omni_avsr.decoders.prompt import TokenType
 from espnet_omni_avsr.names import TASK_MODALITIES, condition_label, data_triples, parse_condition_label
+from espnet_omni_avsr.utils.atomic_files import atomic_write_text
 from espnet_omni_avsr.utils.cli import add_log_level, setup_logging
 from espnet_omni_avsr.utils.rates import conditions as trained_conditions
 
@@ -37,6 +46,7 @@ SPANS = {  # span -> the token types it counts
     "other": (TokenType.BOS, TokenType.MODALITY_OPEN, TokenType.MODALITY_CLOSE),
 }
 PLOTTED = ("all", "audio", "video", "text")
+PERMUTATIONS = 200
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -74,6 +84,30 @@ def span_tables(usage: Dict[str, torch.Tensor]) -> Dict[str, dict]:
         n = tokens[:, idx].sum(1)  # (L,): the same tokens pass every layer
         freq = hits[:, idx].sum(1) / n.clamp(min=1)[:, None]
         out[span] = dict(tokens=int(n[0]), frequency=freq.tolist())
+    return out
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean over layers of 0.5 * sum_e |p - q| for (layers, experts) distributions (rows sum to 1)."""
+    return float(0.5 * np.abs(p - q).sum(1).mean())
+
+
+def consistency(conditions: Dict[str, dict], top_k: int, seed: int = 0) -> List[dict]:
+    """[{a, b, span, tv, tv_shuffled}] for every pair of conditions and every span both have tokens
+    in (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    labels = list(conditions)
+    out = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            for span in PLOTTED:
+                sa, sb = conditions[a]["spans"][span], conditions[b]["spans"][span]
+                if not (sa["tokens"] and sb["tokens"]):
+                    continue
+                p, q = np.array(sa["frequency"]) / top_k, np.array(sb["frequency"]) / top_k
+                shuffled = [total_variation(p, rng.permuted(q, axis=1)) for _ in range(PERMUTATIONS)]
+                out.append(dict(a=a, b=b, span=span, tv=round(total_variation(p, q), 4),
+                                tv_shuffled=round(float(np.mean(shuffled)), 4)))
     return out
 
 
@@ -163,7 +197,11 @@ def main(argv=None) -> int:
         spans = span_tables(totals[c["label"]])
         record["conditions"][c["label"]] = dict(rates=c["rates"], spans=spans)
         plot(c["label"], spans, adapter.top_k, out / f"expert_usage_{c['label']}.png")
-    (out / "expert_usage.json").write_text(json.dumps(record, indent=1) + "\n")
+    record["consistency"] = consistency(record["conditions"], adapter.top_k)
+    for row in record["consistency"]:
+        logging.info(f"{row['a']} vs {row['b']}, {row['span']} tokens: total variation {row['tv']:.3f} "
+                     f"(experts shuffled: {row['tv_shuffled']:.3f})")
+    atomic_write_text(out / "expert_usage.json", json.dumps(record, indent=1) + "\n")
     logging.info(f"expert usage of {n_utt} utterances x {len(conds)} conditions -> {out}")
     return 0
 

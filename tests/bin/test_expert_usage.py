@@ -70,6 +70,24 @@ def test_expert_usage_writes_heatmaps_and_numbers(tmp_path, tiny_llm_dir, tiny_w
     # the routing depends on the rate: the audio spans' tables differ between the two conditions
     a, b = (torch.tensor(record["conditions"][k]["spans"]["audio"]["frequency"]) for k in record["conditions"])
     assert not torch.allclose(a, b)
+    rows = {r["span"]: r for r in record["consistency"]}
+    assert set(rows) == {"all", "audio", "video", "text"} and all(r["a"] == "avsr_a4v2" for r in rows.values())
+    assert 0 < rows["audio"]["tv"] <= 1 and 0 < rows["audio"]["tv_shuffled"] <= 1
+
+
+def test_consistency_on_hand_tables():
+    """Identical routing: distance 0 (shuffling moves it away); disjoint experts: distance 1."""
+    def cond(rows):
+        return {"spans": {s: {"tokens": 5, "frequency": rows} for s in expert_usage.PLOTTED}}
+
+    peaked = [[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]  # k = 2: rows sum to 2
+    other = [[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]]
+    rows = expert_usage.consistency({"x": cond(peaked), "y": cond(peaked), "z": cond(other)}, top_k=2)
+    by_pair = {(r["a"], r["b"], r["span"]): r for r in rows}
+    same, disjoint = by_pair["x", "y", "all"], by_pair["x", "z", "all"]
+    assert same["tv"] == 0 and same["tv_shuffled"] > 0.3
+    assert disjoint["tv"] == 1
+    assert len(rows) == 3 * len(expert_usage.PLOTTED)
 
 
 def test_default_conditions_and_num_utts(tmp_path, tiny_llm_dir, tiny_whisper_dir, corpus):
