@@ -4,6 +4,8 @@ MMS-LLaMA fuses before compressing: the audio encoder's 50 Hz frames are brought
 25 fps by a learnable Conv1d (kernel 2, stride 2) and aligned to the video's frame count, then joined
 frame by frame with the video encoder's features. The fused stream is one block of the prompt (the
 model's `audiovisual` stream, `models/fused_branch.py`), compressed and projected like a modality.
+A fusion may also hold the encoder and read the two front ends' features (`avhubert_fusion.py`:
+AV-HuBERT's audio-visual mode fuses the streams itself).
 
 The contract: `forward(audio, audio_lengths, video, video_lengths) -> (fused (B, T_video, D), lengths)`
 with `lengths == video_lengths`; `output_size()` is D. An utterance gives the same fused frames alone

@@ -94,7 +94,8 @@ class FusedBranch(torch.nn.Module):
             return self.speech_rate_predictor(feats, lengths).float()
 
     def encode(self, features: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> FusedFeatures:
-        """features: modality -> (encoder features (B, T, D), lengths) of the audio and video branches."""
+        """features: modality -> (features (B, T, D), lengths) of the audio and video branches (their
+        encoders', or their front ends' for a branch without an encoder)."""
         missing = [m for m in self.inputs if m not in features]
         if missing:
             raise ValueError(f"the fused audio-visual branch needs {missing} features, got {sorted(features)}")

@@ -37,6 +37,7 @@ from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.encoders.avhubert_encoder import AVHubertEncoder
 from espnet_omni_avsr.encoders.whisper_encoder import WhisperEncoder
 from espnet_omni_avsr.frontends.abs_video_frontend import AbsVideoFrontend
+from espnet_omni_avsr.frontends.avhubert_fbank_frontend import AVHubertFbankFrontend
 from espnet_omni_avsr.frontends.light_video_frontend import LightVideoFrontend
 from espnet_omni_avsr.frontends.mouth_roi_frontend import MouthROIFrontend
 from espnet_omni_avsr.frontends.pixel_video_frontend import PixelVideoFrontend
@@ -44,6 +45,7 @@ from espnet_omni_avsr.frontends.resnet18_video_frontend import ResNet18VideoFron
 from espnet_omni_avsr.frontends.whisper_logmel_frontend import WhisperLogMelFrontend
 from espnet_omni_avsr.fusion.abs_fusion import AbsFusion
 from espnet_omni_avsr.fusion.add_fusion import AddFusion
+from espnet_omni_avsr.fusion.avhubert_fusion import AVHubertFusion
 from espnet_omni_avsr.fusion.concat_fusion import ConcatFusion
 from espnet_omni_avsr.fusion.cross_attention_fusion import CrossAttentionFusion
 from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, ModelParts
@@ -75,7 +77,9 @@ def _optional(name, classes, type_check):
     return ClassChoices(name=name, classes=classes, type_check=type_check, default=None, optional=True)
 
 
-audio_frontend_choices = _optional("audio_frontend", dict(whisper_logmel=WhisperLogMelFrontend), AbsFrontend)
+audio_frontend_choices = _optional(
+    "audio_frontend", dict(whisper_logmel=WhisperLogMelFrontend, avhubert_fbank=AVHubertFbankFrontend), AbsFrontend
+)
 audio_encoder_choices = _optional("audio_encoder", dict(whisper=WhisperEncoder), AbsEncoder)
 audio_compressor_choices = _optional("audio_compressor", COMPRESSORS, AbsCompressor)
 audio_projector_choices = _optional("audio_projector", PROJECTORS, AbsProjector)
@@ -94,7 +98,9 @@ video_encoder_choices = _optional(
 video_compressor_choices = _optional("video_compressor", COMPRESSORS, AbsCompressor)
 video_projector_choices = _optional("video_projector", PROJECTORS, AbsProjector)
 fusion_choices = _optional(
-    "fusion", dict(concat=ConcatFusion, add=AddFusion, cross_attention=CrossAttentionFusion), AbsFusion
+    "fusion",
+    dict(concat=ConcatFusion, add=AddFusion, cross_attention=CrossAttentionFusion, avhubert=AVHubertFusion),
+    AbsFusion,
 )
 fused_compressor_choices = _optional("fused_compressor", COMPRESSORS, AbsCompressor)
 fused_projector_choices = _optional("fused_projector", PROJECTORS, AbsProjector)

@@ -75,7 +75,7 @@ FOLDER, FILE = "folder", "file"
 SOURCE_KEYS: Dict[str, str] = {  # config key -> what its value names
     "model_dir": FOLDER,        # Hugging Face folders: the LLM, Whisper (front end and encoder)
     "tokenizer_dir": FOLDER,    # the preprocessor's LLM tokenizer
-    "checkpoint": FILE,         # an AV-HuBERT checkpoint (video_encoder_conf)
+    "checkpoint": FILE,         # an AV-HuBERT checkpoint (video_encoder_conf, or fusion_conf of fusion: avhubert)
     "vocab": FILE,              # token CTC's vocabulary, a Kaldi text file (losses: [{type: token_ctc, conf}])
     "speech_rate_predictor": FILE,  # MMS-LLaMA's speech-rate predictor (bin/train_speech_rate.py)
 }
