@@ -9,7 +9,10 @@ An adapter is told four things, and the model needs to know nothing else about i
    adapter without per-task parameters takes them all in one pass.
 3. `prepare(prompt)`: called before every pass, training and decoding alike, with the `Prompt`:
    its tasks, token-type map (BOS, modality, instruction, transcript, pad) and each modality token's
-   source (modality, condition, index). LoRA selects the task's adapters here.
+   source (modality, condition, index). LoRA selects the task's adapters here. A packed pass
+   (`model_conf.pack_sequences`) gives a `decoders.sequence_packing.PackedPrompt` instead: `tasks`
+   one per packed sequence, `token_types` and `mask` in the packed rows' layout, which is the
+   layout of the hidden states the adapter's modules see.
 4. `aux_losses()`: called after every pass; the adapter's own losses (unweighted), by name, which the
    decoder puts in `LLMOutput.aux_losses`; `loss_terms()` gives the loss terms that weight them into
    the training loss (the task adds them to the config's `losses:`).
@@ -47,7 +50,7 @@ class AbsLLMAdapter(ABC):
         return [list(range(len(tasks)))]
 
     def prepare(self, prompt) -> None:
-        """Called with the `Prompt` before each pass."""
+        """Called with the `Prompt` (or, packed, the `PackedPrompt`) before each pass."""
 
     def aux_losses(self) -> Dict[str, torch.Tensor]:
         """The adapter's own unweighted losses from the last pass."""

@@ -15,9 +15,16 @@ from espnet_omni_avsr.adapters.abs_llm_adapter import AbsLLMAdapter
 from espnet_omni_avsr.decoders.llm_output import LLMOutput
 from espnet_omni_avsr.decoders.llm_tokenizer import load_llm_tokenizer, special_tokens
 from espnet_omni_avsr.decoders.prompt import IGNORE_ID, Prompt
+from espnet_omni_avsr.decoders.sequence_packing import SequencePacker
 from espnet_omni_avsr.utils.dtypes import resolve_dtype
 from espnet_omni_avsr.utils.frozen_weights import mark_pretrained
 from espnet_omni_avsr.utils.trainable import set_trainable
+
+# verify_packing's bound on the relative error of a packed sequence's last hidden states against
+# its padded run, for an LLM in float32 and in bf16/fp16: summation order alone moves float32 by
+# ~1e-6 and bf16/fp16 by ~1e-2; a sequence that attends to the one before it moves by O(1)
+PACKING_PROBE_TOLERANCE_FP32 = 1e-4
+PACKING_PROBE_TOLERANCE_HALF = 5e-2
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
@@ -83,7 +90,8 @@ class HFCausalLMDecoder(torch.nn.Module):
                 gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": self._checkpoint_contexts}
             )
             llm.config.use_cache = False
-        self._pass_prompt: Optional[Prompt] = None  # the prompt of the pass running now (forward)
+        self._pass_prompt = None  # the Prompt or PackedPrompt of the pass running now (forward)
+        self._packing_verified = False  # verify_packing passed (on the first packed pass)
         self.adapter = adapter
         self.llm = adapter.wrap(llm) if adapter is not None else llm
         self.attn_implementation = attn_implementation
@@ -164,38 +172,98 @@ class HFCausalLMDecoder(torch.nn.Module):
         return self.base_model.get_output_embeddings().weight
 
     def forward(
-        self, prompt: Prompt, output_hidden_states: bool = False, output_attentions: bool = False
+        self,
+        prompt: Prompt,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        packer: Optional[SequencePacker] = None,
     ) -> LLMOutput:
         """One teacher-forced pass: the adapter is prepared with the prompt, the LM head runs only
-        at the scored positions (`LLMOutput`). Attention weights need `attn_implementation: eager`."""
+        at the scored positions (`LLMOutput`). Attention weights need `attn_implementation: eager`.
+        With a `packer` (`model_conf.pack_sequences`) the prompt's sequences run packed into rows
+        without padding (`decoders.sequence_packing`); the output is in the prompt's padded layout
+        either way (zeros at the padding when packed)."""
         if output_attentions and self.attn_implementation != "eager":
             raise ValueError(
                 f"attention weights need decoder_conf.attn_implementation: eager (it is {self.attn_implementation!r})"
             )
-        if self.adapter is not None:
-            self.adapter.prepare(prompt)
-        self._pass_prompt = prompt
-        try:
-            out = self.base_model.get_decoder()(
-                inputs_embeds=prompt.embeds.to(self.dtype),
-                attention_mask=prompt.mask,
-                use_cache=False,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
-            )
-        finally:
-            self._pass_prompt = None
-        hidden = out.last_hidden_state
+        if packer is None:
+            out = self._run(prompt, prompt.mask, None, output_hidden_states, output_attentions)
+            hidden = out.last_hidden_state
+            hidden_states = out.hidden_states if output_hidden_states else None
+        else:
+            if output_attentions:
+                raise ValueError("attention weights come from padded passes only: set model_conf.pack_sequences: false")
+            if not self._packing_verified:
+                self.verify_packing(prompt, packer)
+            packed = packer.pack(prompt)
+            out = self._run(packed, None, packed.position_ids, output_hidden_states, False)
+            hidden = packed.unpack(out.last_hidden_state)
+            hidden_states = tuple(packed.unpack(h) for h in out.hidden_states) if output_hidden_states else None
         scored = prompt.next_token_targets() != IGNORE_ID
         logits = self.base_model.get_output_embeddings()(hidden[scored]).float()  # (K, V)
         return LLMOutput(
             last_hidden_state=hidden,
             scored=scored,
             logits=logits,
-            hidden_states=out.hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
             attentions=out.attentions if output_attentions else None,
             aux_losses=self.adapter.aux_losses() if self.adapter is not None else {},
         )
+
+    def _run(
+        self,
+        inputs,
+        attention_mask: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """The LLM's layers (no LM head, no cache) on a `Prompt` or a `PackedPrompt`, the adapter
+        prepared with it; returns transformers' output."""
+        if self.adapter is not None:
+            self.adapter.prepare(inputs)
+        self._pass_prompt = inputs
+        try:
+            return self.base_model.get_decoder()(
+                inputs_embeds=inputs.embeds.to(self.dtype),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
+        finally:
+            self._pass_prompt = None
+
+    def verify_packing(self, prompt: Prompt, packer: SequencePacker) -> None:
+        """The probe of packing, run on the first packed pass: two of the prompt's sequences (one
+        twice when it has one), padded, and packed into one row, in eval mode without gradients.
+        Where the model's masking does not see the packing, the second sequence attends to the
+        first and its last hidden states differ: RuntimeError, before any step trains on that."""
+        probe = prompt.rows([0, 1] if prompt.batch_size > 1 else [0, 0])
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()  # no dropout: the two runs must be comparable
+        try:
+            with torch.no_grad():
+                want = self._run(probe, probe.mask, None).last_hidden_state[1]
+                packed = packer.pack(probe, one_row=True)
+                got = packed.unpack(self._run(packed, None, packed.position_ids).last_hidden_state)[1]
+        finally:
+            for m, training in modes:
+                m.training = training
+        real = probe.mask[1].bool()
+        want, got = want[real].float(), got[real].float()
+        error = float((got - want).norm() / want.norm().clamp_min(1e-12))
+        tolerance = PACKING_PROBE_TOLERANCE_FP32 if self.dtype == torch.float32 else PACKING_PROBE_TOLERANCE_HALF
+        if not error <= tolerance:
+            raise RuntimeError(
+                f"model_conf.pack_sequences: {type(self.base_model).__name__} with {self.attn_implementation!r} attention "
+                f"does not keep packed sequences apart (a sequence packed after another differs from its padded run "
+                f"by {error:.3g} relative, tolerance {tolerance:g}): its masking does not detect packing from "
+                "position_ids; set pack_sequences: false"
+            )
+        self._packing_verified = True
 
     @torch.no_grad()
     def generate(self, prompt: Prompt, max_new_tokens: int = 32, num_beams: int = 1, **kwargs) -> torch.Tensor:

@@ -87,6 +87,19 @@ class Prompt:
         types = [MODALITY_TOKEN_TYPES[modality]] if modality else list(MODALITY_TOKEN_TYPES.values())
         return torch.isin(self.token_types, torch.tensor([int(t) for t in types], device=self.token_types.device))
 
+    def rows(self, index: Sequence[int]) -> "Prompt":
+        """The prompts of rows `index` (in that order, repeats allowed), as a new Prompt."""
+        idx = torch.tensor(list(index), dtype=torch.long, device=self.mask.device)
+        return Prompt(
+            embeds=self.embeds.index_select(0, idx),
+            mask=self.mask.index_select(0, idx),
+            labels=self.labels.index_select(0, idx),
+            token_types=self.token_types.index_select(0, idx),
+            source_index=self.source_index.index_select(0, idx),
+            tasks=[self.tasks[i] for i in index],
+            conditions=[self.conditions[i] for i in index] if self.conditions else [],
+        )
+
     @staticmethod
     def cat(prompts: Sequence["Prompt"]) -> "Prompt":
         """Stack right-padded prompts along the batch (shorter ones padded at the end)."""

@@ -14,6 +14,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_omni_avsr.decoders.hf_causal_lm_decoder import HFCausalLMDecoder
 from espnet_omni_avsr.decoders.prompt import Prompt, PromptLayout
+from espnet_omni_avsr.decoders.sequence_packing import SequencePacker
 from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm
 from espnet_omni_avsr.losses.llm_cross_entropy import LLMCrossEntropy
 from espnet_omni_avsr.models.fused_branch import FusedBranch
@@ -40,6 +41,11 @@ class AVSRLLMModel(AbsESPnetModel):
         tasks, task_weights, rate_sampling: the multi-task, matryoshka schedule (`TaskSchedule`).
         batched_tasks: put the sequences of all tasks and conditions through the LLM as one batch
             (True; the adapter may still split them, e.g. task-specific LoRA by task) or one pass each.
+        pack_sequences: run each LLM pass's sequences packed into rows without padding
+            (`decoders.sequence_packing`: which attention implementations allow it, and why) instead
+            of padded to the pass's longest; the losses are those of the padded pass. Off by default.
+        pack_length: with pack_sequences, the longest packed row for eager / sdpa / flex attention
+            (None: the pass's longest sequence, so that no row costs more attention than a padded one).
         instructions: task -> instruction text (defaults: the papers' instructions).
         prompt_templates: task -> a template of the prompt between BOS and transcript, with
             `{stream}` placeholders (`decoders.prompt`; MMS-LLaMA's for the fused AVSR).
@@ -59,6 +65,8 @@ class AVSRLLMModel(AbsESPnetModel):
         task_weights: Optional[Sequence[float]] = None,
         rate_sampling: str = "one_pair",
         batched_tasks: bool = True,
+        pack_sequences: bool = False,
+        pack_length: Optional[int] = None,
         instructions: Optional[Mapping[str, str]] = None,
         prompt_templates: Optional[Mapping[str, str]] = None,
         save_frozen_pretrained: bool = False,
@@ -93,6 +101,10 @@ class AVSRLLMModel(AbsESPnetModel):
             tasks, task_weights, rate_sampling, {m: b.conditions for m, b in self.stream_branches.items()}, streams
         )
         self.batched_tasks = batched_tasks
+        if pack_length is not None and not pack_sequences:
+            raise ValueError("model_conf.pack_length is the longest packed row: it needs pack_sequences: true")
+        # None: padded passes (the default); the packer refuses an attention implementation that cannot pack
+        self.packer = SequencePacker(decoder.attn_implementation, pack_length) if pack_sequences else None
         self.prompt = PromptLayout(decoder.tokenizer, instructions, streams, prompt_templates)
         terms = list(losses) if losses is not None else [LLMCrossEntropy("llm")]
         names = [t.name for t in terms]
@@ -210,7 +222,8 @@ class AVSRLLMModel(AbsESPnetModel):
 
     def run_llm(self, step: StepRecord) -> None:
         """The step's jobs through the LLM: one pass per group (`batched_tasks`, the adapter's
-        grouping), prompts of a group stacked along the batch; fills `step.jobs` and `step.llm_passes`."""
+        grouping), prompts of a group stacked along the batch (and packed into rows with
+        `pack_sequences`); fills `step.jobs` and `step.llm_passes`."""
         step.jobs = self.schedule.jobs(self.training)
         wanted = {o for t in self.losses.values() for o in t.llm_outputs}
         if self.batched_tasks:
@@ -235,6 +248,7 @@ class AVSRLLMModel(AbsESPnetModel):
                 prompt,
                 output_hidden_states="hidden_states" in wanted,
                 output_attentions="attentions" in wanted,
+                packer=self.packer,
             )
             step.llm_passes.append(LLMPass(jobs, prompt, output))
 

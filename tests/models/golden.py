@@ -33,6 +33,16 @@ CONF_DIRS = ("debug", "llama_avsr", "omni_avsr", "sinks", "mome", "mms_llama")
 TEXTS = ["bin blue at f two now", "lay green by a nine again"]
 
 
+# packed case -> the pinned padded case it must equal (test_golden.py): eager attention, no dropout
+# in the LLM (LoRA dropout would draw its masks over another layout); omni_s: all tasks in one pass,
+# omni_t: a pass per task (task LoRA), llama_mtsk: a pass per task and rate pair
+PACKED_TWINS = {
+    "variant/omni_s_small_packed": "omni_avsr/omni_s_small",
+    "variant/omni_t_small_packed": "omni_avsr/omni_t_small",
+    "variant/llama_mtsk_small_packed": "omni_avsr/llama_mtsk_small",
+}
+
+
 def _set(config: dict, dotted: str, value) -> None:
     *path, last = dotted.split(".")
     node = config
@@ -74,7 +84,10 @@ def variants() -> Dict[str, tuple]:
         {"model_conf.rate_sampling": "all_pairs", "model_conf.batched_tasks": False},
     )
     cases["variant/shared_projector_one_pair"] = ("omni_avsr/omni_s_small", {"share_projector": True})
+    for packed, padded in PACKED_TWINS.items():  # model_conf.pack_sequences: the padded case's numbers
+        cases[packed] = (padded, {"model_conf.pack_sequences": True})
     return cases
+
 
 
 def tiny_config(name: str, overrides: dict, dirs: dict) -> dict:

@@ -37,3 +37,18 @@ def test_golden(name, dirs):
     assert got["train"]["n_trainable"] == want["train"]["n_trainable"], name
     assert got["train"]["n_with_grad"] == want["train"]["n_with_grad"], name
     assert got["greedy"] == want["greedy"], name
+
+
+@pytest.mark.parametrize("packed", sorted(golden.PACKED_TWINS))
+def test_packed_case_equals_its_padded_case(packed):
+    """model_conf.pack_sequences changes how the LLM runs, not what it computes: the pinned numbers
+    of a packed case are those of its padded twin, within the golden tolerance."""
+    got, want = EXPECTED[packed], EXPECTED[golden.PACKED_TWINS[packed]]
+    for mode in ("eval", "train"):
+        assert sorted(got[mode]["stats"]) == sorted(want[mode]["stats"]), f"{packed} {mode}: statistics names"
+        _close(got[mode]["loss"], want[mode]["loss"], f"{packed} {mode} loss")
+        for k, v in want[mode]["stats"].items():
+            _close(got[mode]["stats"][k], v, f"{packed} {mode} {k}")
+    _close(got["train"]["grad_norm"], want["train"]["grad_norm"], f"{packed} gradient norm")
+    assert got["train"]["n_trainable"] == want["train"]["n_trainable"]
+    assert got["greedy"] == want["greedy"]  # decoding is never packed
