@@ -69,6 +69,31 @@ def test_precropped_stage(data_dir, tmp_path, capsys):
         "shard.1-of-3.done", "shard.2-of-3.done", "shard.3-of-3.done"]
 
 
+def test_npy_roi_format_stores_every_kept_video_as_its_decoded_frames(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "dump")
+    assert cli.main(["--data_dir", data_dir, "--out_dir", out, "--mode_conf", "{roi_format: npy}"]) == 0
+    assert "8 of 11 videos kept, 3 bad items" in capsys.readouterr().out
+    kept = [u for u in TRAIN_IDS if u not in VIDEO_BAD]
+    scp = kaldi_dir.read_table(os.path.join(out, "video.scp"))
+    source = kaldi_dir.read_table(os.path.join(data_dir, "video.scp"))
+    assert list(scp) == kept
+    for uid in kept:
+        assert scp[uid] == os.path.join(out, "video", f"{uid}.npy")
+        frames = np.load(scp[uid], allow_pickle=False)
+        assert frames.dtype == np.uint8 and frames.shape == (NUM_FRAMES, 96, 96)
+        if uid != "aaaa-50004":  # unchanged videos: exactly the pixels the loader decodes from the source
+            np.testing.assert_array_equal(read_video(scp[uid]), read_video(source[uid]))
+    assert not [n for n in os.listdir(os.path.join(out, "video")) if ".tmp" in n]
+    (note,) = kaldi_dir.read_item_records(os.path.join(out, "notes.tsv"))
+    assert note.uttid == "aaaa-50004" and "resized 128x128 -> 96x96" in note.text
+    # the format is part of the resume fingerprint: mp4 again rewrites the lists
+    assert cli.main(["--data_dir", data_dir, "--out_dir", out]) == 0
+    assert "(11 processed, 0 reused" in capsys.readouterr().out
+    assert kaldi_dir.read_table(os.path.join(out, "video.scp"))[kept[0]] == source[kept[0]]
+    with pytest.raises(PrepError, match="roi_format must be one of mp4, npy, got 'png'"):
+        PrecroppedVideoPrep(str(tmp_path), roi_format="png")
+
+
 def test_shards_as_separate_jobs_and_interruption(data_dir, tmp_path):
     out = str(tmp_path / "dump")
     first = preprocess_video(data_dir, out, nj=2, shard=1).run

@@ -137,13 +137,14 @@ class FaceVideoPrep(AbsVideoPrep):
             (a clip without any face always is).
         save_landmarks: keep the raw landmark track of each clip beside the ROI videos.
         mean_face: path of a (68, 2) .npy (default: the packaged 20words_mean_face.npy).
-        (size, fps, min_frames, crf: :class:`~espnet_omni_avsr.prep.video_prep.AbsVideoPrep`)
+        (size, fps, min_frames, crf, roi_format: :class:`~espnet_omni_avsr.prep.video_prep.AbsVideoPrep`)
     """
 
     def __init__(self, video_dir: str, size: int = 96, fps: float = 25.0, min_frames: int = 5, crf: int = 18,
-                 smooth_window: int = 12, min_face_fraction: float = 0.0, save_landmarks: bool = True,
+                 roi_format: str = "mp4", smooth_window: int = 12, min_face_fraction: float = 0.0,
+                 save_landmarks: bool = True,
                  mean_face: Optional[str] = None):
-        super().__init__(video_dir, size=size, fps=fps, min_frames=min_frames, crf=crf)
+        super().__init__(video_dir, size=size, fps=fps, min_frames=min_frames, crf=crf, roi_format=roi_format)
         if smooth_window < 1:
             raise PrepError(f"smooth_window must be >= 1, got {smooth_window}")
         if not 0 <= min_face_fraction <= 1:
