@@ -11,6 +11,10 @@ warm-up), and --set KEY=VALUE (dotted key, YAML value, repeatable) changes singl
     python benchmarks/model_step.py --config egs2/avgrid/avsr1/conf/omni_avsr/multitask_small.yaml \
         --overlay egs2/avgrid/avsr1/conf/omni_avsr/multitask_small_warmup.yaml \
         --pretrained_dir egs2/avgrid/avsr1/pretrained --seconds 2.2   # run from egs2/avgrid/avsr1 after stage 1
+
+--pack_sequences runs the LLM passes packed (model_conf.pack_sequences; --set model_conf.pack_length=N
+bounds the rows). Every run prints the LLM positions of one step: the sequences' tokens ("real"), the
+padded layout of the passes ("padded") and what the LLM ran on ("computed": padded, or the packed rows).
 """
 import argparse
 import statistics
@@ -19,6 +23,28 @@ import time
 import torch
 
 from common import build, random_batch, reference_llm
+
+
+class LLMPositions:
+    """Counts, per step, the LLM positions: real tokens and the padded layout of each pass (the
+    decoder's prompts), and the positions the LLM's layers ran on (their inputs_embeds)."""
+
+    def __init__(self, decoder):
+        self.real = self.padded = self.computed = 0
+        decoder.register_forward_pre_hook(self._prompt, with_kwargs=True)
+        decoder.base_model.get_decoder().register_forward_pre_hook(self._layers, with_kwargs=True)
+
+    def reset(self):
+        self.real = self.padded = self.computed = 0
+
+    def _prompt(self, module, args, kwargs):
+        prompt = args[0] if args else kwargs["prompt"]
+        self.real += int(prompt.mask.sum())
+        self.padded += prompt.mask.numel()
+
+    def _layers(self, module, args, kwargs):
+        rows, length = kwargs["inputs_embeds"].shape[:2]
+        self.computed += rows * length
 
 
 def main():
@@ -32,6 +58,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pad_to_30s", action="store_true")
     p.add_argument("--separate_task_passes", action="store_true", help="one LLM pass per task")
+    p.add_argument("--pack_sequences", action="store_true", help="model_conf.pack_sequences: true")
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
     p.add_argument("--overlay", default=None, help="a config stacked on --config (later keys win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
@@ -41,15 +68,18 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     llm_dir = reference_llm(a.pretrained_dir) if a.reference_llm else None
-    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, a.set, a.overlay, llm_dir)
+    overrides = a.set + (["model_conf.pack_sequences=true"] if a.pack_sequences else [])
+    model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, overrides, a.overlay, llm_dir)
     if a.separate_task_passes:  # else the config's batched_tasks
         model.batched_tasks = False
     b, s = a.batch_size, a.seconds
     batch = random_batch(model, b, s)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    positions = LLMPositions(model.decoder)
     model.train()
     step_times, fwd_times = [], []
     for i in range(a.warmup + a.steps):
+        positions.reset()  # the figures of the last step (the first packed one also runs the probe)
         t0 = time.perf_counter()
         loss, _, _ = model(**batch)
         t1 = time.perf_counter()
@@ -63,7 +93,10 @@ def main():
     n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
     print(f"config={a.config} task={model.task} batch={b} clip={s:g}s pad_to_30s={a.pad_to_30s} "
           f"threads={a.threads} trainable_params={n_train} tasks={model.tasks} "
-          f"batched_tasks={model.batched_tasks} llm_dtype={model.decoder.dtype}")
+          f"batched_tasks={model.batched_tasks} llm_dtype={model.decoder.dtype} "
+          f"pack_sequences={model.packer is not None} attn={model.decoder.attn_implementation}")
+    print(f"LLM positions per step: real {positions.real}, padded {positions.padded}, "
+          f"computed {positions.computed} ({positions.computed / max(positions.real, 1):.2f} x real)")
     print(f"step (fwd+bwd+optim) median {statistics.median(step_times):.3f} s; "
           f"forward median {statistics.median(fwd_times):.3f} s over {a.steps} steps")
 

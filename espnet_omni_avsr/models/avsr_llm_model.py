@@ -45,7 +45,7 @@ class AVSRLLMModel(AbsESPnetModel):
             (`decoders.sequence_packing`: which attention implementations allow it, and why) instead
             of padded to the pass's longest; the losses are those of the padded pass. Off by default.
         pack_length: with pack_sequences, the longest packed row for eager / sdpa / flex attention
-            (None: the pass's longest sequence, so that no row costs more attention than a padded one).
+            (None: twice the pass's longest sequence; `decoders.sequence_packing` says why).
         instructions: task -> instruction text (defaults: the papers' instructions).
         prompt_templates: task -> a template of the prompt between BOS and transcript, with
             `{stream}` placeholders (`decoders.prompt`; MMS-LLaMA's for the fused AVSR).
