@@ -94,6 +94,9 @@ def test_debug_recipe_all_stages(tmp_path):
         assert re.search(rf"warmup/valid\.loss\.best\.pth:{branch}:{branch}", config), branch
     assert "token_ctc" not in (exp / "train.log").read_text().split("epoch started")[-1]
     assert "noise: dump/noise/babble.wav" in config
+    # run.sh's stage 2 stores the mouth ROIs as decoded frames (roi_format npy), which training read
+    videos = [line.split(maxsplit=1)[1] for line in (work / "dump/train/video.scp").read_text().splitlines()]
+    assert videos and all("dump/train/video/" in v and v.endswith(".npy") for v in videos), videos[:3]
 
     results = (work / "RESULTS.md").read_text()
     for task in ("asr", "vsr", "avsr"):

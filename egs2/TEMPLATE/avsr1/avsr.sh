@@ -22,6 +22,8 @@ noise_dir=                # stage 5: a folder of noise wavs (MUSAN-style, search
 decode_tasks=             # default: the tasks in the training config
 local_data_opts=          # passed to local/data.sh
 video_mode=precropped     # stage 2: precropped (mouth ROI given) or a face-landmark mode
+video_prep_conf=          # stage 2: YAML options of the mode (preprocess_video --mode_conf), e.g. "{roi_format: npy}":
+                          #   the kept videos stored as decoded frames, which the loader reads without decoding
 min_duration=0.3; max_duration=20; max_words=60
 pretrained_dir=pretrained
 pretrained_models="smollm2-135m whisper-tiny.en"
@@ -42,7 +44,7 @@ speech_rate=              # stage 8, early-fused models (conf/mms_llama): "train
                           #   error in rate.json) and gives it to the main run; a file path uses that predictor
 inference_args=           # extra avsr_inference options
 _options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs noise_dir decode_tasks
-local_data_opts video_mode min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
+local_data_opts video_mode video_prep_conf min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
 model_tag inference_tag train_args warmup_config warmup_args warmup_init warmup_from speech_rate inference_args"
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/parse_options.sh"
 . ./path.sh
@@ -84,7 +86,7 @@ data_args() { names data-args --prefix "$1" --dir "$2"; }  # data_args <prefix> 
 stage1() { local/data.sh ${local_data_opts}; }
 stage2() { for s in ${all_sets}; do
     python -m espnet_omni_avsr.bin.preprocess_video --data_dir "data/${s}" --out_dir "${dumpdir}/${s}" \
-        --mode "${video_mode}" --nj "${nj}"; done; }
+        --mode "${video_mode}" --mode_conf "${video_prep_conf:-{\}}" --nj "${nj}"; done; }
 stage3() { for s in ${all_sets}; do
     python -m espnet_omni_avsr.bin.format_audio --data_dir "data/${s}" --out_dir "${dumpdir}/${s}" --nj "${nj}"; done; }
 stage4() {

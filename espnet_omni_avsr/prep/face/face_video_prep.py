@@ -10,7 +10,8 @@
    bad item ("no face found ..."); otherwise missing frames are interpolated and the track is
    smoothed over ``smooth_window`` frames (:mod:`.landmarks`);
 4. each gray frame is aligned to the mean face and the ``size`` x ``size`` window around the
-   mouth is cut (:mod:`.align`), written as H.264 mp4 at ``fps`` (``<dump>/<set>/video/<id>.mp4``);
+   mouth is cut (:mod:`.align`), written as H.264 mp4 at ``fps`` (``<dump>/<set>/video/<id>.mp4``;
+   with ``roi_format: npy``, the uint8 frames as ``<id>.npy``);
 5. with ``save_landmarks`` the raw track (NaN where no face) goes to
    ``<dump>/<set>/landmarks/<id>.npy``, so that a later run can use ``--mode landmarks``.
 
