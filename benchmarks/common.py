@@ -29,6 +29,19 @@ def reference_llm(pretrained_dir: str, cache_dir: Optional[str] = None) -> str:
     return str(out)
 
 
+def add_model_options(parser) -> None:
+    """The options of which model a benchmark builds, beyond --config: --set and --reference_llm;
+    give the parsed arguments to :func:`llm_dir_of`."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
+    parser.add_argument("--reference_llm", action="store_true",
+                        help="the comparison's random Llama (hidden 256 x 4 layers, SmolLM2 vocabulary) as the LLM")
+
+
+def llm_dir_of(args) -> Optional[str]:
+    """The LLM folder that --reference_llm asks for (built on first use), else None: the config's."""
+    return reference_llm(args.pretrained_dir) if args.reference_llm else None
+
+
 def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
     """`--set KEY=VALUE` items (dotted key, YAML value) written into `config`."""
     for item in overrides:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common import build, random_batch, reference_llm
+from common import add_model_options, build, llm_dir_of, random_batch
 
 
 def decode_once(model, batch, task, beams, new_tokens):
@@ -40,14 +40,12 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
     p.add_argument("--overlay", default=None, help="a config stacked on --config (later keys win)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
-    p.add_argument("--reference_llm", action="store_true",
-                   help="the comparison's random Llama (hidden 256 x 4 layers, SmolLM2 vocabulary) as the LLM")
+    add_model_options(p)
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per setting")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    llm_dir = reference_llm(a.pretrained_dir) if a.reference_llm else None
+    llm_dir = llm_dir_of(a)
     model = build(a.config, a.pretrained_dir, False, a.llm_dtype, a.set, a.overlay, llm_dir).eval()
     print(f"config={a.config} task={a.task} llm={model.decoder.model_dir} llm_dtype={model.decoder.dtype} "
           f"clip={a.seconds:g}s new_tokens={a.new_tokens} threads={a.threads}")

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from common import build, random_batch, reference_llm
+from common import add_model_options, build, llm_dir_of, random_batch
 
 
 class LLMPositions:
@@ -61,13 +61,11 @@ def main():
     p.add_argument("--pack_sequences", action="store_true", help="model_conf.pack_sequences: true")
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
     p.add_argument("--overlay", default=None, help="a config stacked on --config (later keys win)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
-    p.add_argument("--reference_llm", action="store_true",
-                   help="the comparison's random Llama (hidden 256 x 4 layers, SmolLM2 vocabulary) as the LLM")
+    add_model_options(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    llm_dir = reference_llm(a.pretrained_dir) if a.reference_llm else None
+    llm_dir = llm_dir_of(a)
     overrides = a.set + (["model_conf.pack_sequences=true"] if a.pack_sequences else [])
     model = build(a.config, a.pretrained_dir, a.pad_to_30s, a.llm_dtype, overrides, a.overlay, llm_dir)
     if a.separate_task_passes:  # else the config's batched_tasks

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from common import build, random_batch, reference_llm
+from common import add_model_options, build, llm_dir_of, random_batch
 from espnet_omni_avsr.decoders.sequence_packing import SequencePacker
 
 
@@ -51,13 +51,11 @@ def main():
     p.add_argument("--pack_length", type=int, default=None, help="model_conf.pack_length (longest packed row)")
     p.add_argument("--modes", nargs="+", default=["padded", "packed"], metavar="MODE",
                    help="padded / packed, optionally prefixed batched+ or split+ (see above)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
-    p.add_argument("--reference_llm", action="store_true",
-                   help="the comparison's random Llama (hidden 256 x 4 layers, SmolLM2 vocabulary) as the LLM")
+    add_model_options(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    llm_dir = reference_llm(a.pretrained_dir) if a.reference_llm else None
+    llm_dir = llm_dir_of(a)
     model = build(a.config, a.pretrained_dir, False, None, a.set, None, llm_dir)
     packer = SequencePacker(model.decoder.attn_implementation, a.pack_length)
     counter = PositionCounter(model.decoder.base_model.get_decoder())

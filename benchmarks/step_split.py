@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import torch
 
-from common import build, random_batch, reference_llm
+from common import add_model_options, build, llm_dir_of, random_batch
 
 
 def matmul_peak(dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
@@ -109,10 +109,8 @@ def main():
     p.add_argument("--config", required=True)
     p.add_argument("--pretrained_dir", required=True)
     p.add_argument("--overlay", default=None, help="a config stacked on --config (later keys win)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a config value")
     p.add_argument("--llm_dtype", default=None, help="override decoder_conf.dtype (float32, bfloat16)")
-    p.add_argument("--reference_llm", action="store_true",
-                   help="the comparison's random Llama (hidden 256 x 4 layers, SmolLM2 vocabulary) as the LLM")
+    add_model_options(p)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--steps", type=int, default=5)
@@ -122,7 +120,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    llm_dir = reference_llm(a.pretrained_dir) if a.reference_llm else None
+    llm_dir = llm_dir_of(a)
     model = build(a.config, a.pretrained_dir, False, a.llm_dtype, a.set, a.overlay, llm_dir)
     batch = random_batch(model, a.batch_size, a.seconds)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
