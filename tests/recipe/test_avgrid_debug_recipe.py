@@ -69,7 +69,8 @@ def test_debug_recipe_all_stages(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = ["./run.sh", "--train_config", "conf/debug/multitask_tiny.yaml",
            "--pretrained_models", "tiny-random-llama tiny-random-whisper",
-           "--local_data_opts", "--num_utts 40 --num_speakers 8 --corrupt true", "--snrs", "0 -5", "--nj", "2"]
+           "--local_data_opts", "--num_utts 40 --num_speakers 8 --corrupt true", "--snrs", "0 -5", "--nj", "2",
+           "--video_prep_conf", "{roi_format: npy}"]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-6000:]
 
@@ -94,7 +95,7 @@ def test_debug_recipe_all_stages(tmp_path):
         assert re.search(rf"warmup/valid\.loss\.best\.pth:{branch}:{branch}", config), branch
     assert "token_ctc" not in (exp / "train.log").read_text().split("epoch started")[-1]
     assert "noise: dump/noise/babble.wav" in config
-    # run.sh's stage 2 stores the mouth ROIs as decoded frames (roi_format npy), which training read
+    # stage 2 stored the mouth ROIs as decoded frames (--video_prep_conf), and training read those
     videos = [line.split(maxsplit=1)[1] for line in (work / "dump/train/video.scp").read_text().splitlines()]
     assert videos and all("dump/train/video/" in v and v.endswith(".npy") for v in videos), videos[:3]
 

@@ -7,8 +7,6 @@
 # character CTC and audio-guided distillation, and both projectors learn to place their tokens near
 # the LLM's embeddings of the spoken words (token CTC). The main run (one epoch) starts from those
 # weights (--warmup_init) and trains LoRA and the branches through the LLM.
-# Stage 2 stores the mouth ROIs as decoded frames (roi_format npy, about 9 KB a frame): the loader
-# reads them some 10x faster than it decodes the mp4s, and it reads each one every epoch.
 # Debug size (CI): ./run.sh --train_config conf/debug/multitask_tiny.yaml \
 #   --pretrained_models "tiny-random-llama tiny-random-whisper" --local_data_opts "--num_utts 40"
 set -euo pipefail
@@ -18,7 +16,6 @@ set -euo pipefail
     --train_config conf/omni_avsr/multitask_small.yaml \
     --inference_config conf/decode/greedy.yaml \
     --local_data_opts "--num_utts 1000" \
-    --video_prep_conf "{roi_format: npy}" \
     --warmup_config conf/omni_avsr/multitask_small_warmup.yaml \
     --warmup_init "audio video losses.ctc_video losses.distill" \
     "$@"
