@@ -18,8 +18,9 @@ inside its constructor so that other modes do not need them.
 
 - ``video.scp``: the source path when the video needs no change, else ``<out_dir>/video/<id>.mp4``
   (H.264, crf 18); with ``roi_format: npy``, ``<out_dir>/video/<id>.npy`` for every kept video: the
-  decoded (T, size, size) uint8 frames, about 9 KB a frame, which the training loader reads some 70
-  times faster than it decodes an mp4 (for a small corpus read for many epochs on few cores);
+  decoded (T, size, size) uint8 frames, about 9 KB a frame, which the training loader reads about 12
+  times faster than it decodes an mp4 (`benchmarks/video_loading.py`), for when decoding is what
+  the training steps wait for;
 - ``utt2num_frames``: frames of each kept video;
 - ``text``, ``utt2spk``, ``spk2utt``: copied from ``data/<set>``;
 - ``bad_items.tsv``: its stage ``video`` lines replaced by this run's rejections;
@@ -56,8 +57,8 @@ class AbsVideoPrep(ABC):
         min_frames: shorter videos are bad items.
         crf: x264 quality of rewritten videos (0 best .. 51 worst).
         roi_format: ``mp4`` (H.264 at ``crf``; only videos that change are rewritten) or ``npy``
-            (every kept video as its decoded uint8 frames: lossless and cheap to read, 10-20x the
-            disk of an mp4).
+            (every kept video as its decoded uint8 frames: lossless and cheap to read, about 30x
+            the disk of the embedded corpus's mp4s).
     """
 
     ROI_FORMATS = ("mp4", "npy")
