@@ -24,7 +24,8 @@ class LossOutput:
 @dataclass
 class ModelParts:
     """What a term may need to know about the model it trains when it is built: the tasks, the
-    modality branches (feature and token sizes) and the LLM decoder (hidden size, tokenizer)."""
+    branches (feature and token sizes; the modality branches, and the early-fused `audiovisual`
+    one when the model fuses) and the LLM decoder (hidden size, tokenizer)."""
 
     tasks: Sequence[str]
     branches: Dict[str, torch.nn.Module]
@@ -38,12 +39,17 @@ class ModelParts:
         return tuple(modalities_of(self.tasks))
 
     def require(self, term: str, *modalities: str) -> None:
-        """A clear error when a term needs a modality that no task of the model uses."""
+        """A clear error when a term needs a modality that no task of the model uses (or the fused
+        stream, in a model without one)."""
+        from espnet_omni_avsr.names import FUSED
+
         for m in modalities:
+            if m == FUSED and FUSED in self.branches:
+                continue
             if m not in self.modalities:
-                raise ValueError(
-                    f"loss term {term!r} needs the {m} modality, but the tasks {list(self.tasks)} use {list(self.modalities)}"
-                )
+                have = list(self.modalities) + ([FUSED] if FUSED in self.branches else [])
+                kind = "stream" if m == FUSED else "modality"
+                raise ValueError(f"loss term {term!r} needs the {m} {kind}, but the tasks {list(self.tasks)} use {have}")
 
 
 class AbsLossTerm(torch.nn.Module, ABC):

@@ -12,6 +12,11 @@ Not in the papers (their projectors learn from the LLM loss alone, on hundreds o
 default. Each rate of the branch gets the loss (averaged); a rate with fewer tokens than the
 alignment needs adds zero.
 
+A stream with about one token per word (MMS-LLaMA's Q-Former at 3 queries per second) is too
+short for CTC to spell a transcript that also needs blanks between repeated tokens; `repeat: k`
+scores each projected token k times in a row (no new parameters), so a query can say its word
+and a blank and the alignment fits in k times the token count.
+
 The softmax over a big vocabulary dominates the step (49k tokens for SmolLM2, 128k for Llama 3):
 with `vocab_ids` (for example every LLM token of the training transcripts, `transcript_token_ids`)
 the softmax runs over those tokens and the batch's own target tokens only, a restricted-vocabulary
@@ -28,14 +33,16 @@ from espnet_omni_avsr.losses.abs_loss_term import AbsLossTerm, LossOutput
 
 class TokenCTC(AbsLossTerm):
     """CTC of projected tokens against LLM token ids; `type: token_ctc`, conf: `modality`, `vocab`
-    (a Kaldi text file whose transcripts' tokens the softmax runs over), `init_scale`.
+    (a Kaldi text file whose transcripts' tokens the softmax runs over), `init_scale`, `repeat`.
 
     Args:
         hidden_size: the LLM's hidden size (the projector's output size).
         init_scale: initial value of the learned cosine-logit scale.
         vocab_ids: LLM token ids the softmax runs over (with each batch's target ids added);
             None (default): the whole vocabulary.
-        modality: the branch whose projected tokens it reads (every condition of the branch, averaged).
+        modality: the branch whose projected tokens it reads (every condition of the branch,
+            averaged), or `audiovisual` for the early-fused stream.
+        repeat: each projected token is scored this many times in a row (1: as it is).
         name: statistics name (default `token_ctc_<modality>`); weight: its weight in the total loss.
 
     compute(tokens (B, T, D), lengths (B,), targets (B, L) LLM ids padded with anything,
@@ -51,9 +58,13 @@ class TokenCTC(AbsLossTerm):
         modality: str = "audio",
         name: Optional[str] = None,
         weight: float = 1.0,
+        repeat: int = 1,
     ):
         super().__init__(name or f"token_ctc_{modality}", weight)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise ValueError(f"token_ctc: repeat must be an integer >= 1, got {repeat!r}")
         self.modality = modality
+        self.repeat = repeat
         gen = torch.Generator().manual_seed(0)
         self.blank = torch.nn.Parameter(torch.randn(hidden_size, generator=gen) / math.sqrt(hidden_size))
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(init_scale)))
@@ -109,6 +120,9 @@ class TokenCTC(AbsLossTerm):
     ) -> torch.Tensor:
         device = tokens.device
         targets = targets.to(device).clamp_min(0)
+        if self.repeat > 1:
+            tokens = tokens.repeat_interleave(self.repeat, dim=1)
+            lengths = lengths * self.repeat
         if self.vocab_ids is not None:  # softmax over the candidates only; targets become their indices
             valid = torch.arange(targets.size(1), device=device)[None, :] < target_lengths.to(device)[:, None]
             candidates = torch.unique(torch.cat([self.vocab_ids.to(device), targets[valid]]))

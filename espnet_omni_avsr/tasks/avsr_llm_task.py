@@ -57,7 +57,7 @@ from espnet_omni_avsr.losses.token_ctc import TokenCTC
 from espnet_omni_avsr.models.avsr_llm_model import AVSRLLMModel
 from espnet_omni_avsr.models.fused_branch import FusedBranch
 from espnet_omni_avsr.models.modality_branch import ModalityBranch
-from espnet_omni_avsr.names import FUSED_INPUTS, MODALITIES
+from espnet_omni_avsr.names import FUSED, FUSED_INPUTS, MODALITIES
 from espnet_omni_avsr.projectors.abs_projector import AbsProjector
 from espnet_omni_avsr.projectors.linear_projector import LinearProjector
 from espnet_omni_avsr.projectors.mlp_out_norm_projector import MLPOutNormProjector
@@ -382,7 +382,8 @@ class AVSRLLMTask(AbsTask):
         branches = {m: b for m, b in (("audio", audio), ("video", video)) if b is not None}
         fused = _build_fused_branch(args, branches, decoder.hidden_size)
         # 3. the loss terms of the config, then the adapter's own (e.g. a router's balance loss)
-        parts = ModelParts(tasks=tasks, branches=branches, decoder=decoder)
+        streams = dict(branches, **({FUSED: fused} if fused is not None else {}))
+        parts = ModelParts(tasks=tasks, branches=streams, decoder=decoder)
         losses = build_loss_terms(getattr(args, "losses", None), parts)
         losses += adapter.loss_terms() if adapter is not None else []
         # 4. the model

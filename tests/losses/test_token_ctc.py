@@ -149,3 +149,48 @@ def test_token_ctc_on_a_modality_no_task_uses_is_refused(tiny_llm_dir, tiny_whis
     config["losses"] = [{"type": "token_ctc", "weight": 0.3, "conf": {"modality": "video"}}]
     with pytest.raises(ValueError, match="'token_ctc' needs the video modality"):
         build(config)
+
+
+def test_repeat_scores_each_token_k_times_so_a_short_stream_can_spell_a_longer_transcript():
+    """Three tokens cannot spell four target ids (CTC gives inf, zeroed); repeated twice they can,
+    and the loss equals plain CTC on the tokens repeated by hand."""
+    torch.manual_seed(0)
+    table = torch.randn(11, 8)
+    tokens, lengths = torch.randn(2, 3, 8), torch.tensor([3, 2])
+    targets = torch.tensor([[3, 4, 5, 6], [2, 2, 0, 0]])
+    target_lengths = torch.tensor([4, 2])
+    plain, twice = TokenCTC(8), TokenCTC(8, repeat=2)
+    twice.load_state_dict(plain.state_dict())
+    short = plain.compute(tokens[:1], lengths[:1], targets[:1], target_lengths[:1], table)
+    assert short.item() == 0.0  # zero_infinity: no alignment of 4 ids (and blanks) in 3 frames
+    loss = twice.compute(tokens, lengths, targets, target_lengths, table)
+    by_hand = plain.compute(tokens.repeat_interleave(2, dim=1), lengths * 2, targets, target_lengths, table)
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert torch.allclose(loss, by_hand)
+    with pytest.raises(ValueError, match="repeat must be an integer >= 1"):
+        TokenCTC(8, repeat=0)
+
+
+def test_token_ctc_on_the_fused_stream_trains_the_qformer_without_the_llm(tiny_llm_dir, tiny_whisper_dir):
+    """MMS-LLaMA's warm-up: token CTC on the Q-Former's projected queries (`modality:
+    audiovisual`), no LLM term: the fusion, Q-Former and projector get gradients, the LoRA none.
+    The tiny tokenizer spells each transcript in 15 ids and a clip gets 3 queries: repeat 8."""
+    from tests.models.test_fused_model import fused_config
+
+    config = fused_config(tiny_llm_dir, tiny_whisper_dir)
+    config["losses"] = [{"type": "token_ctc", "conf": {"modality": "audiovisual", "repeat": 8}}]
+    model, _ = build(config)
+    loss, stats, _ = model(**make_batch(model.decoder.tokenizer, n=2))
+    assert set(stats) == {"token_ctc_audiovisual", "loss"} and loss.item() > 0
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for part in ("fused.fusion.audio.conv", "fused.compressors.q3", "fused.projectors.q3"):
+        assert any(part in n for n in grads), part
+    assert not any("lora_" in n for n in grads)
+
+
+def test_token_ctc_on_the_fused_stream_needs_a_fused_model(tiny_llm_dir, tiny_whisper_dir):
+    config = tiny_config(tiny_llm_dir, tiny_whisper_dir)
+    config["losses"] = [{"type": "token_ctc", "conf": {"modality": "audiovisual"}}]
+    with pytest.raises(ValueError, match="'token_ctc' needs the audiovisual stream"):
+        build(config)

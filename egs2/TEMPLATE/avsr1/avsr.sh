@@ -41,7 +41,7 @@ warmup_from=              # stage 8: take the warm-up from this finished run dir
                           #   instead of training one: models that vary only what the warm-up does not train
 speech_rate=              # stage 8, early-fused models (conf/mms_llama): "train" trains MMS-LLaMA's speech-rate
                           #   predictor on the training set first (exp/<tag>/speech_rate/rate.pth, with its dev
-                          #   error in rate.json) and gives it to the main run; a file path uses that predictor
+                          #   error in rate.json) and gives it to the warm-up and main runs; a file path uses that predictor
 inference_args=           # extra avsr_inference options
 _options="stage stop_stage nj ngpu train_config inference_config train_set valid_set test_sets snrs noise_dir decode_tasks
 local_data_opts video_mode video_prep_conf min_duration max_duration max_words pretrained_dir pretrained_models dumpdir expdir
@@ -157,7 +157,7 @@ stage8() {
             --ngpu "${ngpu}" --resume true \
             --output_dir "${warm}" $(data_args train "${dumpdir}/${train_set}") $(data_args valid "${dumpdir}/${valid_set}") \
             --train_shape_file "${exp}/stats/train/${shape}" --valid_shape_file "${exp}/stats/valid/${shape}" \
-            ${train_args} ${warmup_args} 2>&1 | tee -a "${warm}/train.log"
+            ${rate[@]+"${rate[@]}"} ${train_args} ${warmup_args} 2>&1 | tee -a "${warm}/train.log"
     else
         warm=
     fi
