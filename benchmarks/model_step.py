@@ -22,29 +22,7 @@ import time
 
 import torch
 
-from common import add_model_options, build, llm_dir_of, random_batch
-
-
-class LLMPositions:
-    """Counts, per step, the LLM positions: real tokens and the padded layout of each pass (the
-    decoder's prompts), and the positions the LLM's layers ran on (their inputs_embeds)."""
-
-    def __init__(self, decoder):
-        self.real = self.padded = self.computed = 0
-        decoder.register_forward_pre_hook(self._prompt, with_kwargs=True)
-        decoder.base_model.get_decoder().register_forward_pre_hook(self._layers, with_kwargs=True)
-
-    def reset(self):
-        self.real = self.padded = self.computed = 0
-
-    def _prompt(self, module, args, kwargs):
-        prompt = args[0] if args else kwargs["prompt"]
-        self.real += int(prompt.mask.sum())
-        self.padded += prompt.mask.numel()
-
-    def _layers(self, module, args, kwargs):
-        rows, length = kwargs["inputs_embeds"].shape[:2]
-        self.computed += rows * length
+from common import LLMPositions, add_model_options, build, llm_dir_of, random_batch
 
 
 def main():

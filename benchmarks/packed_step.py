@@ -20,21 +20,8 @@ import time
 
 import torch
 
-from common import add_model_options, build, llm_dir_of, random_batch
+from common import LLMPositions, add_model_options, build, llm_dir_of, random_batch
 from espnet_omni_avsr.decoders.sequence_packing import SequencePacker
-
-
-class PositionCounter:
-    """Positions the LLM's layers see: rows x row length of each call of the decoder stack."""
-
-    def __init__(self, llm_stack: torch.nn.Module):
-        self.positions = 0
-        llm_stack.register_forward_pre_hook(self._count, with_kwargs=True)
-
-    def _count(self, module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is not None:
-            self.positions += embeds.shape[0] * embeds.shape[1]
 
 
 def main():
@@ -58,7 +45,7 @@ def main():
     llm_dir = llm_dir_of(a)
     model = build(a.config, a.pretrained_dir, False, None, a.set, None, llm_dir)
     packer = SequencePacker(model.decoder.attn_implementation, a.pack_length)
-    counter = PositionCounter(model.decoder.base_model.get_decoder())
+    counter = LLMPositions(model.decoder)
     batch = random_batch(model, a.batch_size, a.seconds)
     spread_lengths(batch, a.length_spread)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
@@ -69,7 +56,7 @@ def main():
     for i in range(a.steps + 1):
         for mode, (batched_tasks, mode_packer) in modes.items():
             model.batched_tasks, model.packer = batched_tasks, mode_packer
-            counter.positions = 0
+            counter.reset()
             torch.manual_seed(i)  # both modes draw the same rate pairs and dropout seeds in step i
             if i == 0:  # same weights for both modes: compare the losses (no dropout), no optimizer step
                 model.eval()
@@ -80,7 +67,7 @@ def main():
             t0 = time.perf_counter()
             loss, _, _ = model(**batch)
             t1 = time.perf_counter()
-            positions = counter.positions
+            positions, tokens = counter.computed, counter.real
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -88,7 +75,6 @@ def main():
             times[mode]["step"].append(t2 - t0)
             times[mode]["forward"].append(t1 - t0)
             times[mode]["positions"].append(positions)
-    tokens = _prompt_tokens(model, batch)
     print(f"config={a.config} batch={a.batch_size} clips={a.seconds * (1 - a.length_spread):.2f}-{a.seconds:g}s threads={a.threads} "
           f"attn={model.decoder.attn_implementation} llm_dtype={model.decoder.dtype} tasks={model.tasks} "
           f"pack_length={a.pack_length}")
@@ -124,21 +110,6 @@ def spread_lengths(batch: dict, spread: float) -> None:
     for key in ("speech", "video"):
         for i, n in enumerate(batch[key + "_lengths"].tolist()):
             batch[key][i, n:] = 0
-
-
-def _prompt_tokens(model, batch) -> int:
-    """Positions of a step's passes that hold a prompt token (padded mode's mask, summed)."""
-    seen = []
-    hook = model.decoder.base_model.get_decoder().register_forward_pre_hook(
-        lambda m, args, kwargs: seen.append(int(kwargs["attention_mask"].sum())), with_kwargs=True)
-    model.batched_tasks, model.packer = False, None  # per-task passes: the least padding to count
-    torch.manual_seed(1)
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        hook.remove()
-    return sum(seen)
 
 
 if __name__ == "__main__":
