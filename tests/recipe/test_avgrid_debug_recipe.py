@@ -159,3 +159,27 @@ def test_debug_recipe_all_stages(tmp_path):
         assert got["llm_tokens"] == [int(stage10["llm_tokens"][utt])], utt
         counts.add(got["llm_tokens"][0])
     assert len(counts) > 1  # utterances of different lengths were compared
+
+    # MMS-LLaMA through the same recipe (stages 7 and 8): the speech-rate predictor is trained first
+    # and read by both runs; the warm-up trains the fused stream's Q-Former through token CTC on its
+    # queries, without the LLM, and the main run starts from its fused branch
+    mms = ["./run.sh", "--stage", "7", "--stop_stage", "8", "--train_config", "conf/debug/mms_tiny.yaml",
+           "--pretrained_models", "tiny-random-llama tiny-random-whisper", "--speech_rate", "train",
+           "--warmup_config", "conf/mms_llama/mms_small_warmup.yaml", "--warmup_args", "--max_epoch 1",
+           "--warmup_init", "fused video.frontend video.encoder"]
+    proc = subprocess.run(mms, cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    exp = work / "exp" / "mms_tiny"
+    assert (exp / "speech_rate" / "rate.pth").exists() and (exp / "speech_rate" / "rate.json").exists()
+    warm_config = yaml.safe_load((exp / "warmup" / "config.yaml").read_text())
+    main_config = yaml.safe_load((exp / "config.yaml").read_text())
+    assert warm_config["speech_rate_predictor"] == main_config["speech_rate_predictor"] \
+        == "exp/mms_tiny/speech_rate/rate.pth"
+    warm_log = (exp / "warmup" / "train.log").read_text()
+    assert "token_ctc_audiovisual" in warm_log and "loss_avsr" not in warm_log
+    assert any(re.fullmatch(r".*warmup/valid\.loss\.best\.pth:fused:fused", p) for p in main_config["init_param"])
+    assert "loss_avsr" in (exp / "train.log").read_text()
+    # each model's stages log in its own directory: the two models' stage 8 logs are both there
+    assert "mms_tiny" in (exp / "logs" / "stage8.log").read_text()
+    assert "multitask_tiny" in (work / "exp" / "multitask_tiny" / "logs" / "stage8.log").read_text()
+    assert (work / "exp" / "logs" / "stage1.log").is_file() and not (work / "exp" / "logs" / "stage8.log").exists()

@@ -59,11 +59,15 @@ if [ -z "${decode_tasks}" ]; then
     decode_tasks=$(python -c "import sys; from espnet_omni_avsr.utils.config_stack import load_config; print(' '.join(load_config(sys.argv[1])['model_conf']['tasks']))" "${train_config}")
 fi
 
-# run_stage N "what" command...: logs to expdir/logs/stageN.log; a failure names the command and log.
+# run_stage N "what" command...: logs to expdir/logs/stageN.log (the data stages 1-6) or
+# expdir/<model_tag>/logs/stageN.log (the model's stages 7-12, so that two models can be trained
+# side by side in one recipe directory); a failure names the command and log.
 run_stage() {
     local n=$1 what=$2; shift 2
     if [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ]; then
-        local log="${logdir}/stage${n}.log" start=${SECONDS} rc
+        local dir="${logdir}" start=${SECONDS} rc log
+        [ "${n}" -lt 7 ] || dir="${exp}/logs"
+        mkdir -p "${dir}"; log="${dir}/stage${n}.log"
         echo "=== stage ${n}: ${what} (log: ${log})" >&2
         set +e
         ( set -e; "$@" ) 2>&1 | tee "${log}" | { grep --line-buffered -vE "nltk_data|Flash Attention" || true; } >&2
@@ -75,7 +79,7 @@ run_stage() {
             exit 1
         fi
         echo "=== stage ${n} done in $((SECONDS - start)) s" >&2
-        echo "stage${n} $((SECONDS - start))" >> "${logdir}/stage_times"
+        echo "stage${n} $((SECONDS - start))" >> "${dir}/stage_times"
     fi
 }
 
