@@ -75,6 +75,10 @@ def variants() -> Dict[str, tuple]:
     ]
     # egs2/avgrid/avsr1's warm-up of its default config (an overlay YAML): no LLM pass, aux losses only
     cases["variant/multitask_small_warmup"] = ("omni_avsr/multitask_small", "omni_avsr/multitask_small_warmup")
+    # run_mms.sh's warm-up of MMS-LLaMA (an overlay YAML): token CTC on the fused stream's queries, no LLM pass
+    # (that term pins 0 here: the tiny tokenizer spells a text in 15 ids, more than 2 x 3 queries align;
+    # tests/losses/test_token_ctc.py tests it on a stream long enough)
+    cases["variant/mms_small_warmup"] = ("mms_llama/mms_small", "mms_llama/mms_small_warmup")
     cases["variant/token_ctc_full_vocab_with_llm"] = ("debug/multitask_tiny", {"losses": aux + [
         {"type": "token_ctc", "weight": 0.5, "conf": {"modality": "audio"}},
         {"type": "token_ctc", "weight": 0.25, "conf": {"modality": "video"}},
