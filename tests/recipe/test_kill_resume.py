@@ -119,7 +119,7 @@ def _reporter(checkpoint: Path) -> dict:
 def test_kill_and_resume(tmp_path):
     work = _recipe_copy(tmp_path)
     exp = work / "exp" / TAG
-    logs = work / "exp" / "logs"
+    logs = work / "exp" / "logs"  # the data stages' logs (1-6); the model's (7-12) are in exp / "logs"
     times = {}
 
     # (a) stage 2: killed once two results are logged, before stage 3 starts
@@ -148,7 +148,7 @@ def test_kill_and_resume(tmp_path):
     times["b"], _ = _run(
         work, 2, ready=lambda: (exp / "1epoch.pth").exists() and main_log.exists()
         and f"2/{MAX_EPOCH}epoch started" in main_log.read_text(errors="replace"),
-        missed=lambda: (exp / "2epoch.pth").exists() or (logs / "stage9.log").exists(),
+        missed=lambda: (exp / "2epoch.pth").exists() or (exp / "logs" / "stage9.log").exists(),
         what="epoch 2 of the main training run")
     assert not (exp / "2epoch.pth").exists()
     # the rerun reused every complete result of stage 2 and did the cut item again
@@ -179,7 +179,7 @@ def test_kill_and_resume(tmp_path):
         n = len(decoded())
         return 0 < n < len(jobs_tsv.read_text().splitlines())
 
-    times["c"], _ = _run(work, 3, ready=some_decoded, missed=lambda: (logs / "stage11.log").exists(),
+    times["c"], _ = _run(work, 3, ready=some_decoded, missed=lambda: (exp / "logs" / "stage11.log").exists(),
                          what="a finished decoding job with others pending")
     # training went on from epoch 1's checkpoint to MAX_EPOCH epochs; epoch 1 was not trained again
     final = _reporter(exp / "checkpoint.pth")
@@ -210,7 +210,7 @@ def test_kill_and_resume(tmp_path):
     assert _mtimes(done_c) == done_c  # finished decodings were not redone
     assert _mtimes(model) == model  # nor the model (its averaging) made again
     assert _mtimes(finished_b) == finished_b
-    stage10 = (logs / "stage10.log").read_text()
+    stage10 = (exp / "logs" / "stage10.log").read_text()
     assert len(re.findall(r"skip \S+: complete", stage10)) == len(done_c) // 2, stage10
     assert main_log.read_text().count("not run again") == 1
     assert not list(exp.glob(f"{DECODE_PREFIX}greedy/*/*/*/*.tmp*"))
